@@ -1,0 +1,184 @@
+"""The ``codistill_ce`` criterion: cross-entropy plus alpha times the codistillation
+penalty against the peers' logits on the same batch.
+
+Peers come from the task (``codistill_translation`` provides them through
+``task.codistill_peers()``); with any other task there is no peer and the criterion
+is plain cross-entropy with extra (zero) metrics.
+"""
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from fairseq import utils
+from fairseq.criterions import register_criterion
+from fairseq.criterions.cross_entropy import CrossEntropyCriterion
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+
+from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule, codistill_penalty
+
+
+@dataclass
+class CodistillCrossEntropyConfig(FairseqDataclass):
+    codistill_alpha: float = field(
+        default=1.0,
+        metadata={"help": "weight of the codistillation penalty (initial value for the "
+                  "exponential and step schedules); 0 trains plain cross-entropy"},
+    )
+    codistill_alpha_schedule: ChoiceEnum(SCHEDULES) = field(
+        default="constant",
+        metadata={"help": "constant; exponential: alpha * gamma^(epoch-1), the paper's NMT "
+                  "choice; step: alpha * gamma^(LR decays so far), for step LR schedules"},
+    )
+    codistill_gamma: float = field(
+        default=1.1,
+        metadata={"help": "growth factor of the exponential and step schedules; 1.1 is the "
+                  "paper's NMT value (1.5 made alpha explode)"},
+    )
+    codistill_alpha_max: Optional[float] = field(
+        default=None, metadata={"help": "upper bound on alpha (default: none)"}
+    )
+    codistill_burn_in_updates: int = field(
+        default=0,
+        metadata={"help": "alpha is 0 for this many updates; the paper found no benefit "
+                  "at an exchange interval of thousands of updates"},
+    )
+    codistill_loss: ChoiceEnum(PENALTY_KINDS) = field(
+        default="mse",
+        metadata={"help": "mse: mean squared error of the logits (the paper's choice); "
+                  "kl: KL(peer || own) of the softmaxes, as in Anil et al. / Zhang et al."},
+    )
+    codistill_temperature: float = field(
+        default=1.0, metadata={"help": "softmax temperature of --codistill-loss kl"}
+    )
+    # Declared only to reject it with a clear message: label smoothing over-regularises
+    # on top of codistillation, which is itself a regulariser (the paper's main finding).
+    label_smoothing: float = field(
+        default=0.0,
+        metadata={"help": "not supported: codistill_ce trains without label smoothing"},
+    )
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def validate_config(cfg: CodistillCrossEntropyConfig) -> None:
+    """Reject bad values before training starts, naming the flag to change."""
+    _check(cfg.codistill_alpha >= 0 and math.isfinite(cfg.codistill_alpha),
+           f"--codistill-alpha must be a finite number >= 0 (got {cfg.codistill_alpha})")
+    _check(cfg.codistill_gamma > 0,
+           f"--codistill-gamma must be > 0 (got {cfg.codistill_gamma})")
+    _check(cfg.codistill_alpha_max is None or cfg.codistill_alpha_max >= 0,
+           f"--codistill-alpha-max must be >= 0 (got {cfg.codistill_alpha_max})")
+    _check(cfg.codistill_burn_in_updates >= 0,
+           f"--codistill-burn-in-updates must be >= 0 (got {cfg.codistill_burn_in_updates})")
+    _check(cfg.codistill_temperature > 0,
+           f"--codistill-temperature must be > 0 (got {cfg.codistill_temperature})")
+    _check(cfg.codistill_loss == "kl" or cfg.codistill_temperature == 1.0,
+           f"--codistill-temperature {cfg.codistill_temperature} only applies to "
+           "--codistill-loss kl (the mse penalty compares raw logits)")
+    _check(cfg.label_smoothing == 0,
+           f"--label-smoothing {cfg.label_smoothing} is not supported by --criterion "
+           "codistill_ce: codistillation already regularises, and the paper removes label "
+           "smoothing to match all-reduce; drop the flag (or use "
+           "label_smoothed_cross_entropy for the baseline)")
+
+
+@register_criterion("codistill_ce", dataclass=CodistillCrossEntropyConfig)
+class CodistillCrossEntropyCriterion(CrossEntropyCriterion):
+    def __init__(self, task, cfg: CodistillCrossEntropyConfig):
+        super().__init__(task, cfg.sentence_avg)
+        validate_config(cfg)
+        self.schedule = AlphaSchedule(
+            alpha0=cfg.codistill_alpha,
+            kind=cfg.codistill_alpha_schedule,
+            gamma=cfg.codistill_gamma,
+            alpha_max=cfg.codistill_alpha_max,
+            burn_in_updates=cfg.codistill_burn_in_updates,
+        )
+        self.penalty_kind = cfg.codistill_loss
+        self.temperature = cfg.codistill_temperature
+        # Training progress, advanced by the task once per update (not per micro-batch).
+        self.epoch, self.num_updates, self.num_lr_decays = 1, 0, 0
+
+    @classmethod
+    def build_criterion(cls, cfg: CodistillCrossEntropyConfig, task):
+        return cls(task, cfg)
+
+    def set_progress(self, epoch=None, num_updates=None, num_lr_decays=None) -> None:
+        if epoch is not None:
+            self.epoch = epoch
+        if num_updates is not None:
+            self.num_updates = num_updates
+        if num_lr_decays is not None:
+            self.num_lr_decays = num_lr_decays
+
+    @property
+    def alpha(self) -> float:
+        return self.schedule(self.epoch, self.num_updates, self.num_lr_decays)
+
+    def peers(self) -> List[torch.nn.Module]:
+        get_peers = getattr(self.task, "codistill_peers", None)
+        return list(get_peers()) if get_peers is not None else []
+
+    def forward(self, model, sample, reduce=True):
+        net_output = model(**sample["net_input"])
+        nll, _ = self.compute_loss(model, net_output, sample, reduce=reduce)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        loss = nll
+        logging_output = {
+            "nll_loss": nll.data,
+            "ntokens": sample["ntokens"],
+            "nsentences": sample["target"].size(0),
+            "sample_size": sample_size,
+        }
+        if model.training:
+            # Validation stays pure NLL, comparable with a baseline run.
+            alpha, peers = self.alpha, self.peers()
+            penalty = torch.zeros(()) if reduce else torch.zeros_like(nll)
+            if alpha > 0 and peers:
+                penalty = self.compute_penalty(model, net_output, peers, sample, reduce)
+                loss = nll + alpha * penalty
+            logging_output.update({
+                "codistill_loss": penalty.data.sum(),
+                "alpha": alpha,
+                "num_peers": len(peers),
+                "codistill_count": 1,  # micro-batches summed; averages alpha/num_peers
+            })
+        logging_output["loss"] = loss.data
+        return loss, sample_size, logging_output
+
+    def compute_penalty(self, model, net_output, peers, sample, reduce=True):
+        target = model.get_targets(sample, net_output)  # (B, T)
+        with torch.inference_mode():
+            peer_logits = [peer(**sample["net_input"])[0] for peer in peers]  # [(B, T, V)]
+        penalty = codistill_penalty(
+            net_output[0],
+            peer_logits,
+            mask=target.ne(self.padding_idx),
+            kind=self.penalty_kind,
+            reduction="sum" if reduce else "none",
+            temperature=self.temperature,
+        )
+        return penalty if reduce else penalty.view(-1)
+
+    @staticmethod
+    def reduce_metrics(logging_outputs) -> None:
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        ntokens, sample_size = total("ntokens"), total("sample_size")
+        # base 2, as fairseq's own criteria
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        count = total("codistill_count")
+        if count:
+            metrics.log_scalar("codistill_loss", total("codistill_loss") / ntokens, ntokens, round=4)
+            metrics.log_scalar("alpha", total("alpha") / count, count, round=4)
+            metrics.log_scalar("num_peers", total("num_peers") / count, count, round=2)

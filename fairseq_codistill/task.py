@@ -1,0 +1,273 @@
+"""The ``codistill_translation`` task: fairseq's ``translation`` plus a peer exchange.
+
+Each codistilling model is an ordinary fairseq-train job with this task. Before every
+update the task lets its ``PeerExchange`` publish our weights and swap in newer peer
+weights (every ``--codistill-interval`` updates), and tells the criterion where
+training stands so that alpha follows its schedule. The criterion asks the task for
+the peers through ``codistill_peers()``.
+"""
+import argparse
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from fairseq import models
+from fairseq.dataclass import ChoiceEnum
+from fairseq.distributed import utils as distributed_utils
+from fairseq.logging import metrics
+from fairseq.tasks import register_task
+from fairseq.tasks.translation import TranslationConfig, TranslationTask
+from omegaconf import II, DictConfig, OmegaConf
+
+from fairseq_codistill.checkpoints import allow_fairseq_checkpoints, load_checkpoint_state
+from fairseq_codistill.exchange import (
+    SNAPSHOT_DTYPES,
+    TOPOLOGIES,
+    ExchangeConfig,
+    PeerExchange,
+    SnapshotError,
+    check_exchange_dir,
+)
+
+logger = logging.getLogger(__name__)
+
+# An epoch boundary where the LR fell to at most this fraction of the previous epoch's
+# counts as one LR decay for --codistill-alpha-schedule step. Step schedules (x0.1,
+# --lr-shrink 0.5) cross it; inverse_sqrt (>= 0.707 per epoch) never does.
+LR_DECAY_RATIO = 0.5
+
+
+@dataclass
+class CodistillTranslationConfig(TranslationConfig):
+    codistill_dir: str = field(
+        default="",
+        metadata={"help": "exchange directory shared by all codistilled models (a shared "
+                  "filesystem in a cluster); required"},
+    )
+    codistill_id: int = field(
+        default=-1, metadata={"help": "this model's id, 0 .. num-models-1; required"}
+    )
+    codistill_num_models: int = field(
+        default=2, metadata={"help": "number of models codistilling together (>= 2)"}
+    )
+    codistill_topology: ChoiceEnum(TOPOLOGIES) = field(
+        default="all",
+        metadata={"help": "all: distil from every other model (the paper); ring: only from "
+                  "model (id+1) mod n, reading one snapshot per interval whatever n"},
+    )
+    codistill_interval: int = field(
+        default=2500,
+        metadata={"help": "updates between publishing our snapshot and re-reading the peers'; "
+                  "2500 is the paper's ImageNet value, robust to 2-4x either way"},
+    )
+    codistill_snapshot_dtype: ChoiceEnum(list(SNAPSHOT_DTYPES)) = field(
+        default="fp16",
+        metadata={"help": "dtype of published weights (fp16: half the bytes of fp32); "
+                  "cast back to the training dtype on load"},
+    )
+    codistill_max_staleness: int = field(
+        default=0,
+        metadata={"help": "drop a peer whose snapshot is more than this many of its updates "
+                  "behind ours, until a fresher one appears; 0 = no limit"},
+    )
+    codistill_wait_for_peers: float = field(
+        default=0.0,
+        metadata={"help": "seconds to wait, at the first exchange, for peers that have not "
+                  "published yet; otherwise train at alpha 0 until they do"},
+    )
+    log_interval: int = II("common.log_interval")
+    save_dir: str = II("checkpoint.save_dir")
+    restore_file: str = II("checkpoint.restore_file")
+
+
+def exchange_config(cfg: CodistillTranslationConfig) -> ExchangeConfig:
+    if cfg.codistill_id < 0:
+        raise ValueError(f"--codistill-id is required: this model's id in [0, "
+                         f"--codistill-num-models) (got {cfg.codistill_id})")
+    return ExchangeConfig(
+        root=cfg.codistill_dir,
+        model_id=cfg.codistill_id,
+        num_models=cfg.codistill_num_models,
+        topology=str(cfg.codistill_topology),
+        interval=cfg.codistill_interval,
+        dtype=str(cfg.codistill_snapshot_dtype),
+        max_staleness=cfg.codistill_max_staleness,
+        wait_for_peers=cfg.codistill_wait_for_peers,
+    )
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def model_meta(model_cfg, dictionary) -> dict:
+    """What a peer needs to rebuild this model: its config and its output vocabulary."""
+    if isinstance(model_cfg, argparse.Namespace):
+        kind, cfg = "namespace", vars(model_cfg)
+    elif isinstance(model_cfg, DictConfig):
+        kind, cfg = "dictconfig", OmegaConf.to_container(model_cfg, resolve=True, enum_to_str=True)
+    else:
+        kind, cfg = "dict", dict(model_cfg)
+    return {
+        "model_cfg_kind": kind,
+        "model_cfg": _jsonable(cfg),
+        "vocab_size": len(dictionary),
+        "vocab_fingerprint": dictionary_fingerprint(dictionary),
+    }
+
+
+def dictionary_fingerprint(dictionary) -> str:
+    return hashlib.sha1("\n".join(dictionary.symbols).encode()).hexdigest()[:12]
+
+
+@register_task("codistill_translation", dataclass=CodistillTranslationConfig)
+class CodistillTranslationTask(TranslationTask):
+    cfg: CodistillTranslationConfig
+
+    @classmethod
+    def setup_task(cls, cfg: CodistillTranslationConfig, **kwargs):
+        exchange_config(cfg).validate()
+        check_exchange_dir(cfg.codistill_dir)
+        allow_fairseq_checkpoints()
+        return super().setup_task(cfg, **kwargs)
+
+    def __init__(self, cfg, src_dict, tgt_dict):
+        super().__init__(cfg, src_dict, tgt_dict)
+        self.exchange: Optional[PeerExchange] = None
+        self.model = None
+        self.init_params = None  # fp32 CPU copy of the initial weights, for param_dist
+        self.epoch, self.num_lr_decays, self.epoch_lr = 1, 0, None
+        self._lr_epoch = 0  # the epoch whose starting LR is in epoch_lr
+        self._restored = False
+
+    # -- the model we train and its exchange -----------------------------------------
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        if self.exchange is None:  # the first model built is ours; peers come later
+            self.model = model
+            self.exchange = PeerExchange(
+                exchange_config(self.cfg),
+                build_peer=self._build_peer,
+                meta=model_meta(cfg, self.tgt_dict),
+                check_peer=self._check_peer,
+                group=distributed_utils.get_data_parallel_group()
+                if torch.distributed.is_initialized() else None,
+            )
+            if self.exchange.is_writer:
+                # Built before any checkpoint is loaded and seeded by --seed, so a
+                # resumed job gets the same initial weights back.
+                self.init_params = {n: p.detach().float().cpu().clone()
+                                    for n, p in model.named_parameters()}
+        return model
+
+    def _build_peer(self, meta: dict):
+        cfg = meta["model_cfg"]
+        if meta.get("model_cfg_kind") == "namespace":
+            cfg = argparse.Namespace(**cfg)
+        else:
+            cfg = OmegaConf.create(cfg)
+        return models.build_model(cfg, self)
+
+    def _check_peer(self, meta: dict) -> None:
+        ours = (len(self.tgt_dict), dictionary_fingerprint(self.tgt_dict))
+        theirs = (meta.get("vocab_size"), meta.get("vocab_fingerprint"))
+        if theirs != ours:
+            raise SnapshotError(
+                f"the peer was trained with a target dictionary of {theirs[0]} symbols "
+                f"(fingerprint {theirs[1]}) but this model has {ours[0]} ({ours[1]}): "
+                "codistilled models must share one dictionary (train them all on the same "
+                "data-bin, made with fairseq-preprocess --joined-dictionary)")
+
+    def codistill_peers(self) -> List[torch.nn.Module]:
+        return self.exchange.active_peers() if self.exchange is not None else []
+
+    # -- fairseq hooks ----------------------------------------------------------------
+    def begin_epoch(self, epoch, model):
+        super().begin_epoch(epoch, model)
+        if not self._restored:
+            self._restore_state()
+            self._restored = True
+        self.epoch = epoch
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        self._count_lr_decays(optimizer.get_lr())
+        if self.exchange is not None:
+            self.exchange.step(update_num, self.model)
+        if hasattr(criterion, "set_progress"):
+            criterion.set_progress(epoch=self.epoch, num_updates=update_num,
+                                   num_lr_decays=self.num_lr_decays)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def _count_lr_decays(self, lr: float) -> None:
+        if self._lr_epoch == self.epoch:
+            return
+        if self.epoch_lr is not None and lr <= LR_DECAY_RATIO * self.epoch_lr:
+            self.num_lr_decays += 1
+        self.epoch_lr, self._lr_epoch = lr, self.epoch
+
+    def reduce_metrics(self, logging_outputs, criterion):
+        super().reduce_metrics(logging_outputs, criterion)
+        training = any("codistill_count" in log for log in logging_outputs)
+        if not training or self.exchange is None:
+            return
+        staleness = self.exchange.staleness()
+        if staleness is not None:
+            metrics.log_scalar("peer_staleness", staleness, weight=0, round=1)
+        metrics.log_scalar("codistill_bytes", self.exchange.bytes_read, weight=0, round=0)
+        # Logged with weight 0: the meter shows the last value, computed at log intervals.
+        updates = self.exchange.last_step + 1  # the update this step completes
+        if self.init_params is not None and updates % max(self.cfg.log_interval, 1) == 0:
+            metrics.log_scalar("param_dist", self.param_dist(), weight=0, round=3)
+
+    def param_dist(self) -> float:
+        """L2 distance of the weights from their initial values (the paper's Fig. 3)."""
+        total = 0.0
+        for name, p in self.model.named_parameters():
+            init = self.init_params.get(name)
+            if init is not None:
+                total += (p.detach().float().cpu() - init).pow(2).sum().item()
+        return total ** 0.5
+
+    # -- state in fairseq checkpoints -------------------------------------------------
+    def state_dict(self):
+        state = dict(super().state_dict() or {})
+        if self.exchange is not None:
+            state["codistill"] = {
+                **self.exchange.state_dict(),
+                "epoch": self.epoch,
+                "num_lr_decays": self.num_lr_decays,
+                "epoch_lr": self.epoch_lr,
+                "lr_epoch": self._lr_epoch,
+            }
+        return state
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict or {})
+        own = state_dict.pop("codistill", None)
+        super().load_state_dict(state_dict)
+        if own is not None and self.exchange is not None:
+            self.exchange.load_state_dict(own)
+            self.num_lr_decays = int(own.get("num_lr_decays", 0))
+            self.epoch_lr = own.get("epoch_lr")
+            self._lr_epoch = int(own.get("lr_epoch", 0))
+            logger.info("codistill: resumed task state (%d LR decays, %d peer loads so far)",
+                        self.num_lr_decays, self.exchange.num_loads)
+
+    def _restore_state(self) -> None:
+        """fairseq's trainer does not hand the task its saved state on resume: read it
+        from the checkpoint the trainer restored (checkpoint_last.pt by default)."""
+        restore = self.cfg.restore_file
+        if restore == "checkpoint_last.pt":
+            restore = os.path.join(self.cfg.save_dir, restore)
+        if not os.path.isfile(restore):
+            return
+        try:
+            state = load_checkpoint_state(restore, keys=["task_state"])["task_state"]
+        except Exception as e:  # an unreadable file was already reported by fairseq
+            logger.warning("codistill: could not read task state from %s: %s", restore, e)
+            return
+        self.load_state_dict(state or {})

@@ -1,0 +1,24 @@
+"""fairseq-codistill: codistillation for fairseq (and plain PyTorch vision models).
+
+Dependencies are deliberately loose and exclude torch and fairseq: a cluster user
+brings their own CUDA torch and fairseq, and `make install` pins the CPU ones here.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq-codistill",
+    version="0.1.0",
+    description="Codistillation for fairseq: n models sharing a function through weight snapshots",
+    packages=find_packages(include=["fairseq_codistill", "fairseq_codistill.*"]),
+    python_requires=">=3.9",
+    install_requires=["numpy"],
+    extras_require={"report": ["matplotlib"], "data": ["sentencepiece", "sacrebleu"]},
+    entry_points={
+        "console_scripts": [
+            "fairseq-codistill-launch = fairseq_codistill.launch:main",
+            "fairseq-codistill-report = fairseq_codistill.report:main",
+            "fairseq-codistill-average = fairseq_codistill.average:main",
+            "fairseq-codistill-vision = fairseq_codistill.vision.train:main",
+        ],
+    },
+)

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny generated parallel corpus, binarised once per session, and
+a helper that runs fairseq's command-line tools with the plugin on the CPU."""
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = str(REPO / "fairseq_codistill")
+BIN = Path(sys.executable).parent
+
+# A 2-layer, 32-dim transformer: a few dozen updates take seconds on one core.
+TINY_ARCH = [
+    "--arch", "transformer",
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+    "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
+    "--encoder-attention-heads", "2", "--decoder-attention-heads", "2",
+]
+TINY_TRAIN = TINY_ARCH + [
+    "--optimizer", "adam", "--lr", "1e-3", "--max-tokens", "500",
+    "--log-format", "json", "--log-interval", "5", "--no-progress-bar",
+    "--cpu", "--num-workers", "0", "--seed", "1",
+    "--user-dir", PLUGIN,
+]
+
+
+def tool(name: str) -> str:
+    """A console script of this venv (fairseq-train, fairseq-codistill-launch ...)."""
+    return str(BIN / name)
+
+
+def cpu_env(threads: int = 1) -> dict:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    return env
+
+
+def run(cmd, timeout=300, check=True, **kw) -> subprocess.CompletedProcess:
+    """Run a command with bounded time; on failure, show its output."""
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          timeout=timeout, env=kw.pop("env", cpu_env()), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd[0]} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def json_logs(text: str, tag: str = "train_inner"):
+    """The JSON records fairseq logs (--log-format json) under ``tag``."""
+    out = []
+    for line in text.splitlines():
+        marker = f"| {tag} | "
+        if marker in line:
+            out.append(json.loads(line.split(marker, 1)[1]))
+    return out
+
+
+def make_parallel_text(directory: Path, sizes=(("train", 400), ("valid", 40), ("test", 40)), seed=0):
+    """A learnable toy task: the target is the upper-cased source, reversed."""
+    rng = random.Random(seed)
+    words = [f"w{i}" for i in range(40)]
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes:
+        with open(directory / f"{split}.src", "w") as s, open(directory / f"{split}.tgt", "w") as t:
+            for _ in range(n):
+                toks = [rng.choice(words) for _ in range(rng.randint(3, 8))]
+                s.write(" ".join(toks) + "\n")
+                t.write(" ".join(reversed(toks)).upper() + "\n")
+
+
+def binarize(text_dir: Path, dest: Path) -> Path:
+    run([tool("fairseq-preprocess"), "--source-lang", "src", "--target-lang", "tgt",
+         "--trainpref", text_dir / "train", "--validpref", text_dir / "valid",
+         "--testpref", text_dir / "test", "--destdir", dest, "--joined-dictionary",
+         "--workers", "1"])
+    return dest
+
+
+@pytest.fixture(scope="session")
+def data_bin(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    make_parallel_text(root / "text")
+    return binarize(root / "text", root / "bin")
