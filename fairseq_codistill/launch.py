@@ -1,0 +1,340 @@
+"""fairseq-codistill-launch: start n codistilling fairseq-train jobs on this machine.
+
+    fairseq-codistill-launch --num-models 2 --codistill-dir X --save-dir S -- DATA --arch ... --criterion codistill_ce
+
+Job i gets ``--codistill-id i --codistill-num-models n --codistill-dir X --save-dir S/model{i}``,
+its own log ``S/model{i}/train.log``, its own GPUs (``--gpus-per-model G`` consecutive
+devices, data-parallel inside the job with its own port) or, on a CPU machine, ``--cpu``
+and a share of the cores. The launcher shows one progress line per job and waits. A job
+that dies is reported and the others keep running; with ``--restart-failed`` it is
+started again and resumes from its ``checkpoint_last.pt``. Exit status 0 iff every job
+finished cleanly.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from fairseq_codistill.exchange import atomic_write
+
+PLUGIN_DIR = str(Path(__file__).resolve().parent)
+# Flags the launcher owns: one value per job, so the user must not pass them.
+OWNED_FLAGS = ("--codistill-id", "--codistill-num-models", "--codistill-dir", "--save-dir")
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--" in argv:
+        split = argv.index("--")
+        ours, train_args = argv[:split], argv[split + 1:]
+    else:
+        ours, train_args = argv, []
+    parser = argparse.ArgumentParser(
+        prog="fairseq-codistill-launch",
+        description="Start N codistilling fairseq-train jobs; fairseq-train arguments follow '--'.")
+    parser.add_argument("--num-models", type=int, required=True, help="number of models (>= 2)")
+    parser.add_argument("--codistill-dir", required=True, help="exchange directory shared by the jobs")
+    parser.add_argument("--save-dir", required=True, help="job i saves to SAVE_DIR/model{i}")
+    parser.add_argument("--gpus-per-model", type=int, default=None,
+                        help="GPUs per job (default: visible GPUs // num-models; 0 = CPU)")
+    parser.add_argument("--threads-per-model", type=int, default=None,
+                        help="CPU jobs: OMP/MKL threads each (default: cores // num-models)")
+    parser.add_argument("--restart-failed", action="store_true",
+                        help="restart a job that dies; it resumes from its checkpoint_last.pt")
+    parser.add_argument("--max-restarts", type=int, default=3,
+                        help="give up on a job after this many restarts (default 3)")
+    parser.add_argument("--progress-interval", type=float, default=10.0,
+                        help="seconds between progress lines when not on a terminal")
+    parser.add_argument("--fairseq-train", default=None,
+                        help="fairseq-train executable (default: the one next to this Python)")
+    parser.add_argument("--dry-run", action="store_true", help="print the job commands and exit")
+    args = parser.parse_args(ours)
+    if args.num_models < 2:
+        parser.error(f"--num-models must be >= 2 (got {args.num_models})")
+    if args.max_restarts < 0:
+        parser.error(f"--max-restarts must be >= 0 (got {args.max_restarts})")
+    if args.gpus_per_model is not None and args.gpus_per_model < 0:
+        parser.error(f"--gpus-per-model must be >= 0 (got {args.gpus_per_model})")
+    if args.threads_per_model is not None and args.threads_per_model < 1:
+        parser.error(f"--threads-per-model must be >= 1 (got {args.threads_per_model})")
+    if not train_args:
+        parser.error("fairseq-train arguments are missing: put them after '--'")
+    for flag in OWNED_FLAGS:
+        if any(a == flag or a.startswith(flag + "=") for a in train_args):
+            parser.error(f"{flag} is set by the launcher for each job; pass the launcher's "
+                         f"own --codistill-dir/--save-dir/--num-models instead")
+    return args, train_args
+
+
+def visible_gpus() -> List[str]:
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d for d in env.split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        return []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def has_flag(args: List[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
+
+
+def flag_value(args: List[str], flag: str) -> Optional[str]:
+    for i, a in enumerate(args):
+        if a == flag and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+@dataclass
+class Job:
+    index: int
+    cmd: List[str]
+    env: Dict[str, str]
+    save_dir: Path
+    proc: Optional[subprocess.Popen] = None
+    restarts: int = 0
+    returncode: Optional[int] = None
+    log_offset: int = 0
+    progress: dict = field(default_factory=dict)
+
+    @property
+    def log_path(self) -> Path:
+        return self.save_dir / "train.log"
+
+    @property
+    def status(self) -> str:
+        if self.proc is not None and self.returncode is None:
+            return "running"
+        return "done" if self.returncode == 0 else f"died ({describe_exit(self.returncode)})"
+
+
+def describe_exit(code: Optional[int]) -> str:
+    if code is None:
+        return "running"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def build_jobs(args, train_args: List[str]) -> List[Job]:
+    gpus = visible_gpus()
+    gpus_per_model = args.gpus_per_model
+    if gpus_per_model is None:
+        gpus_per_model = len(gpus) // args.num_models
+    if gpus_per_model * args.num_models > len(gpus):
+        raise SystemExit(f"fairseq-codistill-launch: --gpus-per-model {gpus_per_model} x "
+                         f"--num-models {args.num_models} needs {gpus_per_model * args.num_models} "
+                         f"GPUs, {len(gpus)} visible")
+    threads = args.threads_per_model or max(1, (os.cpu_count() or 1) // args.num_models)
+    executable = args.fairseq_train or shutil.which("fairseq-train", path=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    if executable is None:
+        raise SystemExit("fairseq-codistill-launch: fairseq-train not found; pass --fairseq-train")
+
+    common = list(train_args)
+    if not has_flag(common, "--user-dir"):
+        common += ["--user-dir", PLUGIN_DIR]
+    if not has_flag(common, "--task"):
+        common += ["--task", "codistill_translation"]
+    jobs = []
+    for i in range(args.num_models):
+        save_dir = Path(args.save_dir) / f"model{i}"
+        cmd = [executable, *common,
+               "--codistill-dir", args.codistill_dir, "--codistill-id", str(i),
+               "--codistill-num-models", str(args.num_models), "--save-dir", str(save_dir)]
+        env = dict(os.environ)
+        if gpus_per_model == 0:
+            if not has_flag(cmd, "--cpu"):
+                cmd.append("--cpu")
+            env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                       CUDA_VISIBLE_DEVICES="")
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * gpus_per_model:(i + 1) * gpus_per_model])
+            if gpus_per_model > 1:
+                if not has_flag(cmd, "--distributed-world-size"):
+                    cmd += ["--distributed-world-size", str(gpus_per_model)]
+                if not has_flag(cmd, "--distributed-port"):
+                    cmd += ["--distributed-port", str(free_port())]
+        jobs.append(Job(i, cmd, env, save_dir))
+    return jobs
+
+
+class Launcher:
+    def __init__(self, args, jobs: List[Job], out=sys.stdout):
+        self.args, self.jobs, self.out = args, jobs, out
+        self.max_update = flag_value(jobs[0].cmd, "--max-update")
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._last_print = 0.0
+        self._last_lines: List[str] = []
+
+    def start(self, job: Job) -> None:
+        job.save_dir.mkdir(parents=True, exist_ok=True)
+        attempt = "start" if job.restarts == 0 else f"restart {job.restarts}"
+        with open(job.log_path, "a") as log:
+            log.write(f"=== fairseq-codistill-launch: {attempt} of model {job.index} at "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(job.cmd)}\n")
+            log.flush()
+            job.proc = subprocess.Popen(job.cmd, env=job.env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL)
+        job.returncode = None
+        self.write_state()
+
+    def write_state(self) -> None:
+        """SAVE_DIR/launch.json: each job's pid, command and log (for tools and people)."""
+        state = {f"model{j.index}": {"pid": j.proc.pid if j.proc else None, "status": j.status,
+                                     "restarts": j.restarts, "log": str(j.log_path), "cmd": j.cmd}
+                 for j in self.jobs}
+        path = Path(self.args.save_dir) / "launch.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: f.write(json.dumps(state, indent=1).encode()))
+
+    def run(self) -> int:
+        for job in self.jobs:
+            self.start(job)
+        self.say(f"started {len(self.jobs)} codistilling jobs; logs in {self.args.save_dir}/model*/train.log")
+        try:
+            while any(j.returncode is None for j in self.jobs):
+                time.sleep(1.0)
+                self.poll()
+                self.show()
+        except KeyboardInterrupt:
+            self.say("interrupted: stopping the jobs (their checkpoints stay)")
+            self.stop_all()
+            return 130
+        self.show(force=True)
+        failed = [j for j in self.jobs if j.returncode != 0]
+        for j in failed:
+            self.say(f"model{j.index} {j.status}; see {j.log_path}")
+        return 1 if failed else 0
+
+    def poll(self) -> None:
+        for job in self.jobs:
+            self.read_progress(job)
+            if job.returncode is not None or job.proc.poll() is None:
+                continue
+            job.returncode = job.proc.returncode
+            if job.returncode == 0:
+                self.say(f"model{job.index} finished")
+            elif self.args.restart_failed and job.restarts < self.args.max_restarts:
+                self.say(f"model{job.index} {job.status}; restarting from its checkpoint_last.pt "
+                         f"({job.restarts + 1}/{self.args.max_restarts})")
+                job.restarts += 1
+                self.start(job)
+            else:
+                self.say(f"model{job.index} {job.status}; the other jobs keep running")
+            self.write_state()
+
+    def read_progress(self, job: Job) -> None:
+        try:
+            with open(job.log_path, "rb") as f:
+                f.seek(job.log_offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        end = chunk.rfind(b"\n") + 1  # only whole lines
+        job.log_offset += end
+        for line in chunk[:end].decode(errors="replace").splitlines():
+            for tag in ("train_inner", "train", "valid"):
+                marker = f"| {tag} | "
+                if marker in line:
+                    try:
+                        record = json.loads(line.split(marker, 1)[1])
+                    except ValueError:
+                        continue
+                    prefix = "valid_" if tag == "valid" else ("train_" if tag == "train" else "")
+                    job.progress.update({k[len(prefix):]: v for k, v in record.items()}
+                                        if tag != "valid" else
+                                        {"valid_nll": record.get("valid_nll_loss")})
+
+    def progress_line(self, job: Job) -> str:
+        p = job.progress
+        parts = [f"model{job.index}", job.status]
+        if "num_updates" in p:
+            parts.append(f"update {p['num_updates']}" + (f"/{self.max_update}" if self.max_update else ""))
+        for key, label in (("epoch", "epoch"), ("loss", "loss"), ("codistill_loss", "codistill"),
+                           ("alpha", "alpha"), ("valid_nll", "valid nll")):
+            if p.get(key) is not None:
+                parts.append(f"{label} {p[key]}")
+        if job.restarts:
+            parts.append(f"restarts {job.restarts}")
+        return " | ".join(parts)
+
+    def show(self, force: bool = False) -> None:
+        lines = [self.progress_line(j) for j in self.jobs]
+        if self.tty:
+            if self._drawn:
+                self.out.write(f"\x1b[{self._drawn}F")
+            self.out.write("".join(f"\x1b[2K{line}\n" for line in lines))
+            self._drawn = len(lines)
+        elif lines != self._last_lines and (
+                force or time.monotonic() - self._last_print >= self.args.progress_interval):
+            self.out.write("".join(f"{line}\n" for line in lines))
+            self._last_print, self._last_lines = time.monotonic(), lines
+        self.out.flush()
+
+    def say(self, message: str) -> None:
+        if self.tty and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self._drawn = 0
+        self.out.write(f"[fairseq-codistill-launch] {message}\n")
+        self.out.flush()
+
+    def stop_all(self) -> None:
+        for job in self.jobs:
+            if job.proc is not None and job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for job in self.jobs:
+            if job.proc is None:
+                continue
+            try:
+                job.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                job.proc.kill()
+            job.returncode = job.proc.wait()
+        self.write_state()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args, train_args = parse_args(argv)
+    jobs = build_jobs(args, train_args)
+    if args.dry_run:
+        for job in jobs:
+            devices = job.env.get("CUDA_VISIBLE_DEVICES", "")
+            print(f"CUDA_VISIBLE_DEVICES={devices} " + " ".join(job.cmd))
+        return 0
+    Path(args.codistill_dir).mkdir(parents=True, exist_ok=True)
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    return Launcher(args, jobs).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
