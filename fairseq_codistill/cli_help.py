@@ -9,14 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-
-def _selected(argv: List[str], flag: str) -> Optional[str]:
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return None
+from fairseq_codistill.launch import flag_value
 
 
 def print_plugin_help(argv: Optional[List[str]] = None, out=sys.stdout) -> bool:
@@ -30,9 +23,9 @@ def print_plugin_help(argv: Optional[List[str]] = None, out=sys.stdout) -> bool:
     from fairseq_codistill.task import CodistillTranslationConfig
 
     sections = []
-    if _selected(argv, "--criterion") == "codistill_ce":
+    if flag_value(argv, "--criterion") == "codistill_ce":
         sections.append(("criterion codistill_ce (fairseq-codistill)", CodistillCrossEntropyConfig()))
-    if _selected(argv, "--task") == "codistill_translation":
+    if flag_value(argv, "--task") == "codistill_translation":
         sections.append(("task codistill_translation (fairseq-codistill; also takes the "
                          "translation task's flags)", CodistillTranslationConfig()))
     if not sections:
