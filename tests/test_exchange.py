@@ -1,0 +1,244 @@
+"""The snapshot exchange in-process: file format, atomicity, pruning, and PeerExchange."""
+import json
+import logging
+import os
+
+import pytest
+import torch
+
+from fairseq_codistill import exchange as ex
+
+
+def tiny_state(seed=0):
+    torch.manual_seed(seed)
+    return {"w": torch.randn(4, 3), "b": torch.randn(3), "steps": torch.tensor([7], dtype=torch.int64)}
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("fp32", torch.float32), ("fp16", torch.float16),
+                                                ("bf16", torch.bfloat16)])
+def test_snapshot_round_trip_in_every_dtype(tmp_path, dtype, torch_dtype):
+    state = tiny_state()
+    path = ex.write_snapshot(tmp_path, 1, 500, ex.cast_state_dict(state, dtype), meta={"arch": "x"}, dtype=dtype)
+    assert path == tmp_path / "model1" / "snapshot-0000000500.cds"
+    snap = ex.read_snapshot(path)
+    assert (snap.model_id, snap.num_updates, snap.dtype, snap.meta) == (1, 500, dtype, {"arch": "x"})
+    assert snap.state_dict["w"].dtype == torch_dtype
+    assert torch.equal(snap.state_dict["w"], state["w"].to(torch_dtype))
+    assert snap.state_dict["steps"].dtype == torch.int64  # integer buffers are never cast
+    assert snap.nbytes == path.stat().st_size
+
+
+def test_fp16_snapshot_is_about_half_the_fp32_bytes(tmp_path):
+    state = {"w": torch.randn(256, 256)}
+    full = ex.write_snapshot(tmp_path, 0, 1, ex.cast_state_dict(state, "fp32"), dtype="fp32").stat().st_size
+    half = ex.write_snapshot(tmp_path, 1, 1, ex.cast_state_dict(state, "fp16"), dtype="fp16").stat().st_size
+    # 65536 params: 262144 bytes in fp32, 131072 in fp16, plus the same small overhead
+    assert 0.49 < half / full < 0.52
+
+
+def test_pruning_keeps_the_newest_two_and_temp_files_are_never_listed(tmp_path):
+    for u in (10, 20, 30, 40):
+        ex.write_snapshot(tmp_path, 0, u, ex.cast_state_dict(tiny_state(u), "fp32"), dtype="fp32")
+    (tmp_path / "model0" / ".tmp-abandoned").write_bytes(b"half a snapshot")
+    assert [s.num_updates for s in ex.list_snapshots(tmp_path, 0)] == [40, 30]
+    assert sorted(os.listdir(tmp_path / "model0")) == [
+        ".tmp-abandoned", "snapshot-0000000030.cds", "snapshot-0000000040.cds"]
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path):
+    def explode(f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        ex.atomic_write(tmp_path / "x.cds", explode)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def good_bytes(tmp_path):
+    path = ex.write_snapshot(tmp_path, 0, 5, ex.cast_state_dict(tiny_state(), "fp16"))
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[: len(b) // 2], "not a complete snapshot"),  # truncated
+    (lambda b: b[:-1], "not a complete snapshot"),
+    (lambda b: b"", "not a complete snapshot"),
+    (lambda b: os.urandom(len(b)), "not a complete snapshot"),  # random bytes
+    (lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:], "checksum"),  # one flipped byte
+    (lambda b: b"\0" * 10 + b, "payload length"),  # padded in front
+])
+def test_damaged_snapshots_raise_snapshot_error(tmp_path, good_bytes, damage, message):
+    path = tmp_path / "bad.cds"
+    path.write_bytes(damage(good_bytes))
+    with pytest.raises(ex.SnapshotError, match=message):
+        ex.read_snapshot(path)
+
+
+def test_a_future_format_version_is_rejected_clearly(tmp_path, good_bytes):
+    header_len, _ = ex._TRAILER.unpack(good_bytes[-ex._TRAILER.size:])
+    end = len(good_bytes) - ex._TRAILER.size
+    header = json.loads(good_bytes[end - header_len:end])
+    header["format_version"] = 99
+    new = json.dumps(header).encode()
+    data = good_bytes[:end - header_len] + new + ex._TRAILER.pack(len(new), ex.MAGIC)
+    with pytest.raises(ex.SnapshotError, match="format 99"):
+        ex.parse_snapshot(data)
+
+
+def test_peer_ids_for_each_topology():
+    assert ex.peer_ids(1, 4, "all") == [0, 2, 3]
+    assert ex.peer_ids(3, 4, "ring") == [0]
+    assert ex.peer_ids(0, 2, "ring") == [1]
+
+
+@pytest.mark.parametrize("change, flag", [
+    ({"num_models": 1}, "--codistill-num-models"),
+    ({"model_id": 2}, "--codistill-id"),
+    ({"model_id": -1}, "--codistill-id"),
+    ({"interval": 0}, "--codistill-interval"),
+    ({"topology": "star"}, "--codistill-topology"),
+    ({"dtype": "int8"}, "--codistill-snapshot-dtype"),
+    ({"max_staleness": -1}, "--codistill-max-staleness"),
+    ({"wait_for_peers": -2.0}, "--codistill-wait-for-peers"),
+    ({"root": ""}, "--codistill-dir"),
+])
+def test_exchange_config_names_the_bad_flag(tmp_path, change, flag):
+    cfg = ex.ExchangeConfig(root=str(tmp_path), model_id=0, num_models=2)
+    cfg.validate()
+    for k, v in change.items():
+        setattr(cfg, k, v)
+    with pytest.raises(ValueError, match=flag):
+        cfg.validate()
+
+
+def test_exchange_dir_that_can_never_work(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    with pytest.raises(ValueError, match="--codistill-dir"):
+        ex.check_exchange_dir(afile)
+    with pytest.raises(ValueError, match="--codistill-dir"):
+        ex.check_exchange_dir(afile / "sub")
+
+
+# -- PeerExchange ---------------------------------------------------------------------
+
+
+def make_exchange(root, model_id, num_models=2, **kw):
+    cfg = ex.ExchangeConfig(root=str(root), model_id=model_id, num_models=num_models, interval=5, **kw)
+    return ex.PeerExchange(cfg, build_peer=lambda meta: torch.nn.Linear(3, meta["out"]),
+                           meta={"out": 2},
+                           check_peer=lambda meta: None if meta["out"] == 2 else (_ for _ in ()).throw(
+                               ex.SnapshotError(f"peer has {meta['out']} outputs, expected 2")))
+
+
+def settle(exchange, num_updates, model):
+    """Step until the background load of the chosen snapshot is swapped in."""
+    exchange.step(num_updates, model)
+    for peer in exchange.peers.values():
+        if peer.pending is not None:
+            peer.pending.result(timeout=10)
+    exchange.step(num_updates + 1, model)
+
+
+def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
+    torch.manual_seed(0)
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
+    try:
+        x0.step(0, m0), x1.step(0, m1)
+        assert x0.active_peers() == [] and x0.staleness() is None  # nobody has published
+        x1.step(5, m1)  # model 1 publishes at its update 5
+        x1.wait_for_write()
+        settle(x0, 5, m0)  # model 0 reads it at its update 5, swaps at 6
+        peers = x0.active_peers()
+        assert len(peers) == 1 and not peers[0].training
+        assert all(not p.requires_grad for p in peers[0].parameters())
+        # fp16 snapshot, cast back to the training dtype: equal up to fp16 rounding
+        assert peers[0].weight.dtype == torch.float32
+        assert torch.allclose(peers[0].weight, m1.weight, atol=1e-3)
+        assert x0.staleness() == 1  # our update 6, the snapshot's 5
+        assert x0.bytes_read == ex.list_snapshots(tmp_path, 1)[0].path.stat().st_size
+    finally:
+        x0.close(), x1.close()
+
+
+def test_max_staleness_drops_an_old_peer(tmp_path):
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0, x1 = make_exchange(tmp_path, 0, max_staleness=8), make_exchange(tmp_path, 1)
+    try:
+        x1.step(5, m1)
+        x1.wait_for_write()
+        settle(x0, 5, m0)
+        assert len(x0.active_peers()) == 1
+        assert len(x0.active_peers(num_updates=13)) == 1  # 13 - 5 = 8: still allowed
+        assert x0.active_peers(num_updates=14) == []  # 9 behind: dropped
+    finally:
+        x0.close(), x1.close()
+
+
+def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, caplog):
+    m0 = torch.nn.Linear(3, 2)
+    (tmp_path / "model1").mkdir()
+    (tmp_path / "model1" / "snapshot-0000000005.cds").write_bytes(b"garbage" * 10)
+    x0 = make_exchange(tmp_path, 0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+            settle(x0, 5, m0)
+            settle(x0, 10, m0)  # the same bad file again: no second warning
+        assert x0.active_peers() == []
+        assert len([r for r in caplog.records if "skipping peer snapshot" in r.message]) == 1
+        # a snapshot from a model with another output size: rejected by check_peer
+        ex.write_snapshot(tmp_path, 1, 15, ex.cast_state_dict(torch.nn.Linear(3, 4).state_dict(), "fp16"),
+                          meta={"out": 4})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+            settle(x0, 15, m0)
+        assert x0.active_peers() == []
+        assert any("4 outputs, expected 2" in r.message for r in caplog.records)
+        # then a good one is taken
+        ex.write_snapshot(tmp_path, 1, 20, ex.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
+                          meta={"out": 2})
+        settle(x0, 20, m0)
+        assert len(x0.active_peers()) == 1
+    finally:
+        x0.close()
+
+
+def test_state_dict_round_trip(tmp_path):
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
+    try:
+        x1.step(5, m1)
+        x1.wait_for_write()
+        settle(x0, 5, m0)
+        x0.step(10, m0)
+        x0.wait_for_write()
+        state = x0.state_dict()
+        assert state["peer_versions"] == {"1": 5} and state["last_published"] == 10
+        assert state["num_loads"] == 1 and state["bytes_read"] > 0
+        fresh = make_exchange(tmp_path, 0)
+        fresh.load_state_dict(state)
+        assert (fresh.last_published, fresh.num_loads, fresh.bytes_read) == (10, 1, state["bytes_read"])
+        fresh.close()
+    finally:
+        x0.close(), x1.close()
+
+
+def test_a_failed_publish_warns_and_training_goes_on(tmp_path, caplog, monkeypatch):
+    m0 = torch.nn.Linear(3, 2)
+    x0 = make_exchange(tmp_path, 0)
+
+    def no_space(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ex, "write_snapshot", no_space)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+            x0.step(5, m0)
+            x0.wait_for_write()
+        assert any("could not publish" in r.message for r in caplog.records)
+        x0.step(6, m0)  # and the next update runs as usual
+    finally:
+        x0.close()
