@@ -5,6 +5,7 @@ Peers come from the task (``codistill_translation`` provides them through
 ``task.codistill_peers()``); with any other task there is no peer and the criterion
 is plain cross-entropy with extra (zero) metrics.
 """
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -18,6 +19,8 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule, codistill_penalty
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +108,10 @@ class CodistillCrossEntropyCriterion(CrossEntropyCriterion):
         self.temperature = cfg.codistill_temperature
         # Training progress, advanced by the task once per update (not per micro-batch).
         self.epoch, self.num_updates, self.num_lr_decays = 1, 0, 0
+        if not hasattr(task, "codistill_peers"):
+            logger.warning("codistill_ce: task %s provides no peers, so the penalty is 0 and "
+                           "alpha stays at its first value; use --task codistill_translation "
+                           "to codistill", type(task).__name__)
 
     @classmethod
     def build_criterion(cls, cfg: CodistillCrossEntropyConfig, task):
