@@ -1,0 +1,4 @@
+"""``python -m fairseq_codistill.vision`` (also under torchrun)."""
+from fairseq_codistill.vision.train import main
+
+main()

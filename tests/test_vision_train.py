@@ -1,0 +1,176 @@
+"""The vision trainer end to end on the CPU: synthetic images, the small built-in
+ResNets, codistillation through the snapshot exchange, resume, and flag errors."""
+import json
+import subprocess
+import time
+
+import pytest
+import torch
+
+from conftest import cpu_env, run, tool
+from fairseq_codistill.exchange import list_snapshots, write_snapshot
+from fairseq_codistill.vision.train import main
+
+# 128 images of 16 px in 10 classes, batch 8: 16 updates per epoch in one process.
+TINY = ["--dummy", "--image-size", "16", "--num-classes", "10", "--dummy-train-size", "128",
+        "--dummy-val-size", "32", "--batch-size", "8", "--workers", "0", "--print-freq", "0",
+        "--cpu", "--warmup-epochs", "0", "--lr-milestones", "1"]
+UPDATES_PER_EPOCH = 16
+# alpha = 2^(epoch - 1): 1, 2, 4 -- a restarted schedule would show 1 again.
+CODISTILL = ["--codistill-interval", "4", "--codistill-alpha-schedule", "exponential",
+             "--codistill-gamma", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process runs on one core, like the subprocesses (OMP_NUM_THREADS=1): on a busy
+    machine, extra threads wait for each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def metrics(save_dir):
+    return [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def vision(*args, nproc=1):
+    """The console script, or torchrun with ``nproc`` CPU processes (gloo)."""
+    if nproc == 1:
+        return [tool("fairseq-codistill-vision"), *args]
+    return [tool("torchrun"), "--standalone", "--nproc-per-node", nproc, "-m",
+            "fairseq_codistill.vision", *args]
+
+
+def wait_for(predicate, timeout, proc):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None or predicate(), f"exited {proc.returncode} first:\n{proc.stderr.read()}"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(240)
+def test_two_models_codistill_through_snapshots_and_resume(tmp_path):
+    """Model 1 (resnet14, one process) and model 0 (resnet8, torchrun with 2 gloo ranks)
+    codistill; model 0 starts once model 1 has published, so each sees the other's
+    snapshots whatever the machine's speed: model 0 from its first exchange, model 1
+    when it resumes for a third epoch."""
+    x = tmp_path / "x"
+    m0, m1 = tmp_path / "m0", tmp_path / "m1"
+    model1 = ["--arch", "resnet14", "--codistill-dir", x, "--codistill-id", "1", "--save-dir", m1]
+    first = subprocess.Popen([str(a) for a in vision(*TINY, *CODISTILL, *model1, "--epochs", "2")],
+                             env=cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: list_snapshots(x, 1), 120, first)
+        run(vision(*TINY, *CODISTILL, "--arch", "resnet8", "--codistill-dir", x, "--codistill-id", "0",
+                   "--save-dir", m0, "--epochs", "2", nproc=2), timeout=180)
+        out, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err[-3000:]
+    finally:
+        first.kill()
+    run(vision(*TINY, *CODISTILL, *model1, "--epochs", "3"), timeout=120)  # resumes
+
+    log0, log1 = metrics(m0), metrics(m1)
+    assert [r["epoch"] for r in log0] == [1, 2] and [r["epoch"] for r in log1] == [1, 2, 3]
+    # Model 0: 2 ranks x 8 images, 8 updates per epoch; model 1 continued, not restarted.
+    assert [r["updates"] for r in log0] == [8, 16]
+    assert [r["updates"] for r in log1] == [16, 32, 48]
+    assert [r["alpha"] for r in log0] == [1.0, 2.0] and [r["alpha"] for r in log1] == [1.0, 2.0, 4.0]
+    # The LR of each epoch's last update: 0.1 * 8/256 = 0.003125 for model 1, x0.1 once
+    # one epoch is done; model 0 has 2 x 8 images: 0.00625, then 0.000625.
+    assert [round(r["lr"], 9) for r in log1] == [0.003125, 0.0003125, 0.0003125]
+    assert [round(r["lr"], 9) for r in log0] == [0.00625, 0.000625]
+    for record in log0 + log1[2:]:
+        assert record["codistill_loss"] > 0, record
+        assert record["num_peers"] == 1 and record["codistill_bytes"] > 0
+    for record in log0 + log1:
+        assert record["param_dist"] > 0 and 0 <= record["val_acc1"] <= record["val_acc5"] <= 100
+    # Each published every 4 updates; the newest two are kept.
+    assert [s.num_updates for s in list_snapshots(x, 0)] == [12, 8]
+    assert [s.num_updates for s in list_snapshots(x, 1)] == [44, 40]
+
+
+@pytest.mark.timeout(120)
+def test_resume_continues_exactly(tmp_path):
+    """2 epochs, then a third from checkpoint_last.pt, equals 3 epochs in one go."""
+    flags = TINY + ["--arch", "resnet8", "--codistill-dir", str(tmp_path / "x"), "--codistill-id", "0",
+                    *CODISTILL]  # no peer ever publishes: the schedules run, the loss is plain
+    main(flags + ["--save-dir", str(tmp_path / "once"), "--epochs", "3"])
+    main(flags + ["--save-dir", str(tmp_path / "twice"), "--epochs", "2"])
+    main(flags + ["--save-dir", str(tmp_path / "twice"), "--epochs", "3"])
+    once, twice = metrics(tmp_path / "once"), metrics(tmp_path / "twice")
+    assert [r["epoch"] for r in twice] == [1, 2, 3]
+    assert [r["updates"] for r in twice] == [16, 32, 48]
+    assert [r["alpha"] for r in twice] == [1.0, 2.0, 4.0]
+    assert all(r["codistill_loss"] is None for r in twice)
+    for key in ("train_loss", "val_loss", "val_acc1", "param_dist", "lr", "wd"):
+        assert twice[2][key] == pytest.approx(once[2][key], rel=1e-5), key
+
+
+@pytest.mark.timeout(60)
+def test_resume_with_other_flags_names_the_flag(tmp_path, capsys):
+    flags = TINY + ["--lr-milestones", "", "--epochs", "2", "--save-dir", str(tmp_path)]
+    main(flags + ["--arch", "resnet8", "--epochs", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        main(flags + ["--arch", "resnet14"])
+    assert exit_.value.code == 2
+    assert "--arch is resnet14 but" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(flags + ["--arch", "resnet8", "--batch-size", "16"])
+    assert "--batch-size is 16 but" in capsys.readouterr().err
+    assert [r["epoch"] for r in metrics(tmp_path)] == [1]  # nothing more was trained
+
+
+@pytest.mark.timeout(60)
+def test_train_fraction_trains_k_times_the_epochs(tmp_path):
+    # 1/2 of 128 images = 64 = 8 updates per epoch, for 2 x 1 epochs; the milestone at
+    # full-data epoch 0.5 moves to subset epoch 1: LR 0.003125 then 0.0003125.
+    main(TINY[:-2] + ["--lr-milestones", "0.5", "--arch", "resnet8", "--train-fraction", "1/2",
+                      "--epochs", "1", "--save-dir", str(tmp_path)])
+    log = metrics(tmp_path)
+    assert [(r["epoch"], r["updates"]) for r in log] == [(1, 8), (2, 16)]
+    assert [round(r["lr"], 9) for r in log] == [0.003125, 0.0003125]
+    assert all(r["alpha"] == 0.0 and r["codistill_loss"] is None for r in log)  # all-reduce only
+
+
+@pytest.mark.timeout(60)
+def test_peer_with_other_classes_is_rejected(tmp_path, caplog):
+    """A snapshot predicting 5 classes is skipped (logged), never distilled from."""
+    x = tmp_path / "x"
+    write_snapshot(x, 1, 4, {"fc.weight": torch.zeros(5, 64)},
+                   meta={"arch": "resnet8", "num_classes": 5}, dtype="fp32")
+    main(TINY + ["--lr-milestones", "", "--arch", "resnet8", "--epochs", "1", "--save-dir", str(tmp_path / "m0"),
+                 "--codistill-dir", str(x), "--codistill-id", "0", "--codistill-interval", "4"])
+    (record,) = metrics(tmp_path / "m0")
+    assert record["codistill_loss"] is None and record["num_peers"] == 0
+    assert "predicts 5 classes but this model 10" in caplog.text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr-milestones", "60,30"], "--lr-milestones must be increasing (got 60,30)"),
+    (["--lr-milestones", "30,95"], "--lr-milestones must lie in [--warmup-epochs=5, --epochs=90)"),
+    (["--wd-schedule", "1e-4,1e-5,0,0,0"], "--wd-schedule has 5 values but there are only 3"),
+    (["--train-fraction", "0"], "--train-fraction must be in (0, 1]"),
+    (["--codistill-dir", "X", "--codistill-id", "0", "--codistill-gamma", "-1"],
+     "--codistill-gamma must be > 0 (got -1.0)"),
+    (["--codistill-dir", "X", "--codistill-id", "2"], "--codistill-id must be in [0, "),
+    (["--codistill-dir", "X"], "--codistill-id is required"),
+    (["--codistill-temperature", "2"], "--codistill-temperature 2.0 only applies to --codistill-loss kl"),
+    (["--preset", "goyal-codistill"], "--preset goyal-codistill needs --codistill-dir"),
+    (["--arch", "resnet50"], "--arch resnet50 needs torchvision"),
+])
+def test_bad_flags_fail_before_training_naming_the_flag(tmp_path, capsys, flags, message):
+    flags = [str(tmp_path / f) if f == "X" else f for f in flags]
+    with pytest.raises(SystemExit) as exit_:
+        main(["--dummy", "--arch", "resnet8", "--save-dir", str(tmp_path / "run"), *flags])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_data_dir_without_torchvision_names_the_flags(tmp_path):
+    proc = run(vision("--data", tmp_path, "--arch", "resnet8"), check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "--data" in proc.stderr and "needs torchvision" in proc.stderr and "--dummy" in proc.stderr
