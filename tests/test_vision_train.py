@@ -123,6 +123,24 @@ def test_resume_with_other_flags_names_the_flag(tmp_path, capsys):
     assert [r["epoch"] for r in metrics(tmp_path)] == [1]  # nothing more was trained
 
 
+def test_evaluate_builds_the_model_from_the_checkpoint(tmp_path, capsys):
+    main(TINY + ["--arch", "resnet14", "--epochs", "2", "--save-dir", str(tmp_path)])
+    capsys.readouterr()
+    # No --arch (the default, resnet50, is not even buildable here): the checkpoint's.
+    main(TINY[:-2] + ["--evaluate", str(tmp_path / "checkpoint_last.pt")])
+    result = json.loads(capsys.readouterr().out)
+    assert (result["arch"], result["num_classes"]) == ("resnet14", 10)
+    last = metrics(tmp_path)[-1]
+    for key in ("val_loss", "val_acc1", "val_acc5"):
+        assert result[key] == pytest.approx(last[key], rel=1e-6), key
+
+
+def test_the_trainer_never_imports_fairseq():
+    code = ("import sys, fairseq_codistill.vision.train; "
+            "assert 'fairseq' not in sys.modules, 'fairseq was imported'")
+    run([tool("python"), "-c", code], timeout=60)
+
+
 @pytest.mark.timeout(60)
 def test_train_fraction_trains_k_times_the_epochs(tmp_path):
     # 1/2 of 128 images = 64 = 8 updates per epoch, for 2 x 1 epochs; the milestone at

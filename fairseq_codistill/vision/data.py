@@ -79,15 +79,18 @@ def build_datasets(args) -> Tuple[Dataset, Dataset, int]:
     return train, val, num_classes
 
 
-def build_loaders(train: Dataset, val: Dataset, batch_size: int, workers: int, seed: int,
-                  rank: int, world: int, pin_memory: bool) -> Tuple[DataLoader, DataLoader]:
-    """Each rank draws its own shard; ``seed`` sets this model's order of batches."""
+def train_loader(train: Dataset, batch_size: int, workers: int, seed: int, rank: int, world: int,
+                 pin_memory: bool) -> DataLoader:
+    """This rank's shard, reshuffled every epoch (``sampler.set_epoch``); ``seed`` sets this
+    model's order of batches."""
     sampler = DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True,
                                  seed=seed, drop_last=True)
-    train_loader = DataLoader(train, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                              pin_memory=pin_memory, drop_last=True,
-                              persistent_workers=workers > 0)
-    # Validation: a strided shard per rank, no padding, so summed counts are exact.
-    val_loader = DataLoader(Subset(val, range(rank, len(val), world)), batch_size=batch_size,
-                            shuffle=False, num_workers=workers, pin_memory=pin_memory)
-    return train_loader, val_loader
+    return DataLoader(train, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=pin_memory, drop_last=True, persistent_workers=workers > 0)
+
+
+def val_loader(val: Dataset, batch_size: int, workers: int, rank: int, world: int,
+               pin_memory: bool) -> DataLoader:
+    """A strided shard per rank, no padding, so that counts summed over ranks are exact."""
+    return DataLoader(Subset(val, range(rank, len(val), world)), batch_size=batch_size,
+                      shuffle=False, num_workers=workers, pin_memory=pin_memory)

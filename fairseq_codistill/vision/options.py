@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fairseq-codistill-vision",
         description="ImageNet training with DistributedDataParallel inside each model and "
         "codistillation between models through weight snapshots (Sodhani et al. 2020). Run one "
-        "torchrun per model; without --codistill-dir it is a plain all-reduce trainer.")
+        "torchrun per model; without --codistill-dir it is a plain all-reduce trainer.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR", help="ImageNet root with train/ and val/ in "
                    "ImageFolder layout (needs torchvision)")
@@ -103,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="", metavar="CKPT", help="checkpoint to continue from "
                    "(default: SAVE_DIR/checkpoint_last.pt when it exists)")
     g.add_argument("--print-freq", type=int, default=100, help="updates between progress lines; 0: none")
+    g.add_argument("--evaluate", metavar="CKPT", default="", help="no training: validate the "
+                   "model of this checkpoint (built from the config inside it) and print JSON")
 
     g = p.add_argument_group("codistillation (the NMT task's flags)")
     g.add_argument("--codistill-dir", default="", help="exchange directory shared by all "
@@ -188,10 +191,11 @@ def validate(args) -> None:
            if args.data else "--data DIR is required (or --dummy for synthetic images)")
     if args.data:
         require_torchvision(args.data)
-    error = arch_error(args.arch)
+    error = None if args.evaluate else arch_error(args.arch)  # --evaluate: the checkpoint's
     _check(error is None, error or "")
-    _check(not args.resume or os.path.isfile(args.resume),
-           f"--resume {args.resume}: no such checkpoint file")
+    for flag in ("resume", "evaluate"):
+        path = getattr(args, flag)
+        _check(not path or os.path.isfile(path), f"--{flag} {path}: no such checkpoint file")
     for flag in ("epochs", "batch_size", "image_size", "dummy_train_size", "dummy_val_size"):
         value = getattr(args, flag)
         _check(value > 0, f"--{flag.replace('_', '-')} must be > 0 (got {value})")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from fairseq_codistill.exchange import atomic_write
 from fairseq_codistill.vision.codistill import Codistillation
-from fairseq_codistill.vision.data import build_datasets, build_loaders
+from fairseq_codistill.vision.data import build_datasets, train_loader, val_loader
 from fairseq_codistill.vision.models import build_model
 from fairseq_codistill.vision.options import RESUME_INVARIANTS, parse_args
 from fairseq_codistill.vision.schedules import LRSchedule, WeightDecaySchedule, num_decays, peak_lr
@@ -187,6 +187,15 @@ def checkpoint_state(args, model: nn.Module, optimizer, progress: Progress,
     }
 
 
+def model_from_checkpoint(path: str) -> Tuple[nn.Module, dict]:
+    """The trained model of a checkpoint, built from the config inside it; and the config."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    config = state["model_config"]
+    model = build_model(config["arch"], config["num_classes"])
+    model.load_state_dict(state["model"])
+    return model, config
+
+
 def load_checkpoint(path: str, args, model: nn.Module, optimizer, num_classes: int,
                     updates_per_epoch: int) -> Tuple[Progress, Optional[dict]]:
     """Restore model, optimizer and RNG in place; (progress, exchange state). The flags
@@ -296,6 +305,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rank, world, device = setup_distributed(args.cpu)
     configure_logging(rank, args.codistill_id)
     try:
+        if args.evaluate:
+            evaluate(args, rank, world, device)
+            return
         try:
             job = setup(args, rank, world, device)
         except ValueError as e:  # the data or the checkpoint do not fit the flags
@@ -318,16 +330,16 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.wd_schedule[0])
-    train_loader, val_loader = build_loaders(
-        train_set, val_set, args.batch_size, args.workers, seed, rank, world,
-        pin_memory=device.type == "cuda")
+    pin = device.type == "cuda"
+    train_data = train_loader(train_set, args.batch_size, args.workers, seed, rank, world, pin)
+    val_data = val_loader(val_set, args.batch_size, args.workers, rank, world, pin)
     save_dir = Path(args.save_dir)
     save_dir.mkdir(parents=True, exist_ok=True)
     resume = args.resume or str(save_dir / "checkpoint_last.pt")
     progress, exchange_state = Progress(), None
     if os.path.isfile(resume):
         progress, exchange_state = load_checkpoint(resume, args, model, optimizer, num_classes,
-                                                   len(train_loader))
+                                                   len(train_data))
         if rank == 0:
             drop_metrics_after(save_dir / "metrics.jsonl", progress.epoch)
     ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
@@ -338,10 +350,21 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
         if exchange_state:
             codistill.exchange.load_state_dict(exchange_state)
     logger.info("%s: %d classes, %d processes x %d images, %d updates per epoch, epochs %d..%d",
-                args.arch, num_classes, world, args.batch_size, len(train_loader),
+                args.arch, num_classes, world, args.batch_size, len(train_data),
                 progress.epoch + 1, args.epochs)
-    return Job(args, rank, device, model, ddp, optimizer, train_loader, val_loader,
+    return Job(args, rank, device, model, ddp, optimizer, train_data, val_data,
                schedules_from_args(args, world), codistill, num_classes, init, progress, save_dir)
+
+
+def evaluate(args, rank: int, world: int, device: torch.device) -> None:
+    """``--evaluate CKPT``: the validation metrics of a checkpoint, as one JSON line."""
+    model, config = model_from_checkpoint(args.evaluate)
+    _, val_set, _ = build_datasets(argparse.Namespace(**{**vars(args), **config}))
+    loader = val_loader(val_set, args.batch_size, args.workers, rank, world,
+                        pin_memory=device.type == "cuda")
+    metrics = validate(loader, model.to(device), device)
+    if rank == 0:
+        print(json.dumps({"checkpoint": args.evaluate, **config, **metrics}), flush=True)
 
 
 def fit(job: Job) -> None:
