@@ -82,11 +82,23 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (
     return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in topk]
 
 
+def update(model: nn.Module, images: torch.Tensor, target: torch.Tensor, optimizer,
+           codistill: Optional[Codistillation], alpha: float):
+    """One SGD step on cross-entropy + alpha * penalty; (loss, penalty or None, logits), detached."""
+    output = model(images)  # (B, C)
+    loss = F.cross_entropy(output, target)
+    penalty = codistill.penalty(images, output) if alpha > 0 else None
+    total = loss if penalty is None else loss + alpha * penalty
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return loss.detach(), None if penalty is None else penalty.detach(), output.detach()
+
+
 def train(loader, model: nn.Module, optimizer, schedules: Schedules, codistill: Optional[Codistillation],
           progress: Progress, device, print_freq: int) -> Dict[str, float]:
     """One epoch of updates; the epoch's training metrics, summed over the ranks."""
     model.train()
-    raw = unwrap(model)
     per_epoch = len(loader)
     # loss * images, codistill loss, codistilled batches, top-1 hits, images
     sums = torch.zeros(5, dtype=torch.float64, device=device)
@@ -97,27 +109,16 @@ def train(loader, model: nn.Module, optimizer, schedules: Schedules, codistill: 
         lr, wd = schedules.apply(optimizer, epoch_f)
         images = images.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
-        penalty = None
         if codistill is not None:
-            codistill.step(progress.num_updates, raw)
+            codistill.step(progress.num_updates, unwrap(model))  # publish / swap peers
             alpha = codistill.alpha(progress.epoch + 1, progress.num_updates,
                                     num_decays(epoch_f, schedules.lr.milestones))
-        output = model(images)  # (B, C)
-        loss = F.cross_entropy(output, target)
-        if alpha > 0:
-            penalty = codistill.penalty(images, output)
-        total = loss if penalty is None else loss + alpha * penalty
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
+        loss, penalty, output = update(model, images, target, optimizer, codistill, alpha)
         progress.num_updates += 1
-
-        batch = images.shape[0]
-        sums += torch.stack([loss.detach() * batch,
-                             penalty.detach() if penalty is not None else loss.new_zeros(()),
-                             loss.new_tensor(float(penalty is not None)),
-                             accuracy(output.detach(), target)[0].to(loss.dtype),
-                             loss.new_tensor(float(batch))]).double()
+        zero = loss.new_zeros(())
+        sums += torch.stack([loss * target.shape[0], zero if penalty is None else penalty,
+                             zero + (penalty is not None), accuracy(output, target)[0].to(zero),
+                             zero + target.shape[0]]).double()
         if print_freq and (i + 1) % print_freq == 0:
             logger.info("epoch %d [%d/%d] loss %.4f codistill %s alpha %.3g lr %.4g (%.3fs/update)",
                         progress.epoch + 1, i + 1, per_epoch, loss.item(),
