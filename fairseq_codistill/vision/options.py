@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dummy-train-size", type=int, default=1281167, help="ImageNet's train size")
     g.add_argument("--dummy-val-size", type=int, default=50000, help="ImageNet's val size")
     g.add_argument("--num-classes", type=int, default=0,
-                   help="output classes (default: the class folders of --data, 1000 for --dummy)")
+                   help="output classes; 0: the class folders of --data, 1000 for --dummy")
     g.add_argument("--image-size", type=int, default=224, help="crop size; 224 is ImageNet's")
     g.add_argument("--train-fraction", type=fraction, default=1.0, metavar="1/K",
                    help="train on this fraction of the training set for K times the epochs "
@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("checkpoints and logs")
     g.add_argument("--save-dir", default="checkpoints", help="checkpoint_last.pt, "
                    "checkpoint_best.pt and metrics.jsonl (one JSON line per epoch) of this model")
-    g.add_argument("--resume", default="", metavar="CKPT", help="checkpoint to continue from "
-                   "(default: SAVE_DIR/checkpoint_last.pt when it exists)")
+    g.add_argument("--resume", default="", metavar="CKPT", help="checkpoint to continue from; "
+                   "empty: SAVE_DIR/checkpoint_last.pt when it exists")
     g.add_argument("--print-freq", type=int, default=100, help="updates between progress lines; 0: none")
     g.add_argument("--evaluate", metavar="CKPT", default="", help="no training: validate the "
                    "model of this checkpoint (built from the config inside it) and print JSON")
