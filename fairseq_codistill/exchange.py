@@ -260,6 +260,7 @@ class ExchangeConfig:
     dtype: str = "fp16"
     max_staleness: int = 0
     wait_for_peers: float = 0.0
+    max_lead: int = 0
 
     def validate(self, flag_prefix: str = "--codistill-") -> None:
         """Errors name the command-line flag (``--codistill-interval`` ...)."""
@@ -278,6 +279,9 @@ class ExchangeConfig:
               f"must be one of {tuple(SNAPSHOT_DTYPES)} (got {self.dtype!r})")
         check(self.max_staleness >= 0, "max-staleness", f"must be >= 0 (got {self.max_staleness})")
         check(self.wait_for_peers >= 0, "wait-for-peers", f"must be >= 0 (got {self.wait_for_peers})")
+        check(self.max_lead >= 0, "max-lead", f"must be >= 0 (got {self.max_lead})")
+        check(self.max_lead == 0 or self.wait_for_peers > 0, "max-lead",
+              "needs --codistill-wait-for-peers > 0: the most seconds to wait for a peer")
 
 
 def check_exchange_dir(root) -> None:
@@ -337,6 +341,8 @@ class PeerExchange:
         self.last_step = -1
         self.last_published = -1
         self._started = False
+        self._waited = False
+        self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
         self._write_future: Optional[concurrent.futures.Future] = None
@@ -351,7 +357,12 @@ class PeerExchange:
         if exchange_point and num_updates > 0 and num_updates > self.last_published:
             self.publish(num_updates, model)
         if exchange_point or not self._started:
-            self._poll(num_updates, wait=self.cfg.wait_for_peers if not self._started else 0.0)
+            # Wait at the first look where peers can have published (update K of a fresh
+            # run, the start of a resumed one) and, with max_lead, at every exchange.
+            wait = 0.0
+            if num_updates >= self.cfg.interval and (not self._waited or self.cfg.max_lead):
+                wait, self._waited = self.cfg.wait_for_peers, True
+            self._poll(num_updates, wait=wait)
             self._started = True
         if any(p.pending is not None for p in self.peers.values()):
             self._swap_ready(model)
@@ -405,13 +416,16 @@ class PeerExchange:
             deadline = time.monotonic() + wait
             while True:
                 choice = self._newest_unseen()
-                missing = [j for j, p in self.peers.items() if p.model is None and j not in choice]
-                if not missing or time.monotonic() >= deadline:
+                lagging = self._lagging(num_updates, choice)
+                if not lagging or time.monotonic() >= deadline:
                     break
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-            if wait and missing:
-                logger.info("codistill: no snapshot yet from model(s) %s after %.0fs; "
-                            "training without them until they appear", missing, wait)
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            if wait and lagging:
+                logger.info("codistill: waited %.0fs at update %d for model(s) %s; going on "
+                            "without waiting for them until they publish again",
+                            wait, num_updates, lagging)
+                for j in lagging:
+                    self._given_up[j] = self._newest_known(j, choice)
         choice = _broadcast(choice, self.group, self.world)
         for j, (updates, path) in choice.items():
             peer = self.peers[int(j)]
@@ -419,6 +433,21 @@ class PeerExchange:
                 continue  # the previous load is still in flight; it will be swapped first
             peer.pending = self._reader.submit(self._load, int(j), path)
             peer.pending_updates = updates
+
+    def _newest_known(self, j: int, choice: dict) -> int:
+        peer = self.peers[j]
+        return max(choice[j][0] if j in choice else -1, peer.num_updates, peer.pending_updates)
+
+    def _lagging(self, num_updates: int, choice: dict) -> List[int]:
+        """Peers to wait for: with no snapshot at all or, with max_lead, too far behind."""
+        out = []
+        for j in self.peers:
+            newest = self._newest_known(j, choice)
+            if self._given_up.get(j) == newest:
+                continue  # did not publish since we last gave up on it (dead or stuck)
+            if newest < 0 or (self.cfg.max_lead and num_updates - newest > self.cfg.max_lead):
+                out.append(j)
+        return out
 
     def _newest_unseen(self) -> Dict[int, tuple]:
         choice = {}

@@ -77,7 +77,15 @@ class CodistillTranslationConfig(TranslationConfig):
     codistill_wait_for_peers: float = field(
         default=0.0,
         metadata={"help": "seconds to wait, at the first exchange, for peers that have not "
-                  "published yet; otherwise train at alpha 0 until they do"},
+                  "published yet (otherwise train at alpha 0 until they do); with "
+                  "--codistill-max-lead, the most to wait at each exchange"},
+    )
+    codistill_max_lead: int = field(
+        default=0,
+        metadata={"help": "at each exchange, wait until every peer has a snapshot at most this "
+                  "many updates behind ours (stale-synchronous: bounds peer_staleness by "
+                  "lead + interval); a peer that misses --codistill-wait-for-peers is not "
+                  "waited for again until it publishes; 0 = never wait"},
     )
     log_interval: int = II("common.log_interval")
     save_dir: str = II("checkpoint.save_dir")
@@ -97,6 +105,7 @@ def exchange_config(cfg: CodistillTranslationConfig) -> ExchangeConfig:
         dtype=str(cfg.codistill_snapshot_dtype),
         max_staleness=cfg.codistill_max_staleness,
         wait_for_peers=cfg.codistill_wait_for_peers,
+        max_lead=cfg.codistill_max_lead,
     )
 
 

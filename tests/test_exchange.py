@@ -102,6 +102,8 @@ def test_peer_ids_for_each_topology():
     ({"dtype": "int8"}, "--codistill-snapshot-dtype"),
     ({"max_staleness": -1}, "--codistill-max-staleness"),
     ({"wait_for_peers": -2.0}, "--codistill-wait-for-peers"),
+    ({"max_lead": -1}, "--codistill-max-lead"),
+    ({"max_lead": 5}, "--codistill-max-lead"),  # without a wait
     ({"root": ""}, "--codistill-dir"),
 ])
 def test_exchange_config_names_the_bad_flag(tmp_path, change, flag):
@@ -240,5 +242,33 @@ def test_a_failed_publish_warns_and_training_goes_on(tmp_path, caplog, monkeypat
             x0.wait_for_write()
         assert any("could not publish" in r.message for r in caplog.records)
         x0.step(6, m0)  # and the next update runs as usual
+    finally:
+        x0.close()
+
+
+def test_wait_for_peers_waits_once_at_the_first_exchange_not_at_update_0(tmp_path):
+    import threading
+    import time
+
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0 = make_exchange(tmp_path, 0, wait_for_peers=5.0)
+    try:
+        t = time.monotonic()
+        x0.step(0, m0)  # a fresh run: nobody can have published yet, so no wait
+        assert time.monotonic() - t < 1.0
+        # model 1 publishes 0.5 s after model 0 starts waiting at its first exchange
+        x1 = make_exchange(tmp_path, 1)
+        timer = threading.Timer(0.5, lambda: (x1.step(5, m1), x1.wait_for_write()))
+        timer.start()
+        t = time.monotonic()
+        x0.step(5, m0)
+        waited = time.monotonic() - t
+        timer.join()
+        assert 0.4 < waited < 4.0  # returned once the snapshot appeared, not after 5 s
+        assert x0.peers[1].pending is not None  # and is loading it
+        t = time.monotonic()
+        x0.step(10, m0)  # later exchanges never wait
+        assert time.monotonic() - t < 1.0
+        x1.close()
     finally:
         x0.close()
