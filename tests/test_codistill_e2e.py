@@ -149,11 +149,12 @@ def test_heterogeneous_peer_is_built_from_its_snapshot_and_vocab_mismatch_is_rej
     assert {r["num_peers"] for r in json_logs(log)} == {"0"}
 
 
-def test_killing_one_job_leaves_the_other_finishing(data_bin, tmp_path):
+def launch_and_kill_model1(data_bin, tmp_path, launcher_flags, train_flags):
+    """Start two jobs with the launcher, SIGKILL model 1 once it has a checkpoint, and
+    return the launcher's exit status and output."""
     cmd = [tool("fairseq-codistill-launch"), "--num-models", "2", "--threads-per-model", "1",
-           "--codistill-dir", tmp_path / "x", "--save-dir", tmp_path / "run", "--",
-           data_bin, *CODISTILL, "--max-update", "60", "--save-interval-updates", "10",
-           "--codistill-max-lead", str(INTERVAL), "--codistill-wait-for-peers", "15"]
+           "--codistill-dir", tmp_path / "x", "--save-dir", tmp_path / "run", *launcher_flags,
+           "--", data_bin, *CODISTILL, "--save-interval-updates", "10", *train_flags]
     launcher = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, env=cpu_env())
     victim = tmp_path / "run" / "model1" / "checkpoint_last.pt"
@@ -164,7 +165,13 @@ def test_killing_one_job_leaves_the_other_finishing(data_bin, tmp_path):
     pid = json.loads((tmp_path / "run" / "launch.json").read_text())["model1"]["pid"]
     os.kill(pid, signal.SIGKILL)
     out = launcher.communicate(timeout=300)[0]
-    assert launcher.returncode == 1
+    return launcher.returncode, out
+
+
+def test_killing_one_job_leaves_the_other_finishing(data_bin, tmp_path):
+    code, out = launch_and_kill_model1(data_bin, tmp_path, [], [
+        "--max-update", "60", "--codistill-max-lead", str(INTERVAL), "--codistill-wait-for-peers", "15"])
+    assert code == 1
     assert "model1 died (signal SIGKILL)" in out and "model0 finished" in out
     log0 = log_of(tmp_path, 0)
     assert json_logs(log0)[-1]["num_updates"] == "60"
@@ -177,19 +184,9 @@ def test_killing_one_job_leaves_the_other_finishing(data_bin, tmp_path):
 
 
 def test_restart_failed_resumes_the_killed_job(data_bin, tmp_path):
-    cmd = [tool("fairseq-codistill-launch"), "--num-models", "2", "--threads-per-model", "1",
-           "--codistill-dir", tmp_path / "x", "--save-dir", tmp_path / "run", "--restart-failed",
-           "--", data_bin, *CODISTILL, *WAIT, "--max-update", "50", "--save-interval-updates", "10"]
-    launcher = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=cpu_env())
-    victim = tmp_path / "run" / "model1" / "checkpoint_last.pt"
-    deadline = time.monotonic() + 200
-    while not victim.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    pid = json.loads((tmp_path / "run" / "launch.json").read_text())["model1"]["pid"]
-    os.kill(pid, signal.SIGKILL)
-    out = launcher.communicate(timeout=300)[0]
-    assert launcher.returncode == 0, out
+    code, out = launch_and_kill_model1(data_bin, tmp_path, ["--restart-failed"],
+                                       [*WAIT, "--max-update", "50"])
+    assert code == 0, out
     assert "model1 died (signal SIGKILL); restarting" in out
     log1 = log_of(tmp_path, 1)
     restarted = log1.split("fairseq-codistill-launch: restart 1", 1)[1]
