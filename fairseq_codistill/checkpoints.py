@@ -8,8 +8,16 @@ rather than turning ``weights_only`` off for the whole process: checkpoints keep
 being unpickled by torch's restricted loader.
 """
 import argparse
+import logging
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Optional
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
 
@@ -28,3 +36,39 @@ def load_checkpoint_state(path, keys=None):
     allow_fairseq_checkpoints()
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return state if keys is None else {k: state.get(k) for k in keys}
+
+
+def is_complete(path) -> bool:
+    """Cheap check that a checkpoint file was written to the end: torch.save writes a
+    zip archive whose directory comes last, so a torn file has none."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
+def repair_checkpoint_last(save_dir) -> Optional[Path]:
+    """Replace a torn ``checkpoint_last.pt`` by the newest complete sibling.
+
+    fairseq writes its first checkpoint of a save atomically (temp + rename) but makes
+    ``checkpoint_last.pt`` as a plain copy of it, so a job killed during that copy leaves
+    a torn file that stops the restart. The file it was copied from is complete and at
+    least as new as any other; we copy it back atomically. Returns the source used.
+    """
+    last = Path(save_dir) / "checkpoint_last.pt"
+    if not last.exists() or is_complete(last):
+        return None
+    siblings = [p for p in Path(save_dir).glob("checkpoint*.pt")
+                if p.name != "checkpoint_last.pt" and is_complete(p)]
+    if not siblings:
+        logger.warning("codistill: %s is torn and no complete checkpoint is left beside it", last)
+        return None
+    source = max(siblings, key=lambda p: p.stat().st_mtime)
+    tmp = last.with_name(last.name + ".repair")
+    shutil.copyfile(source, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, last)
+    logger.warning("codistill: %s was torn (the job died while fairseq copied it); restored it "
+                   "from %s", last, source.name)
+    return source

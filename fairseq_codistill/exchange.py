@@ -7,10 +7,11 @@ Layout of the exchange directory (a shared filesystem in a cluster)::
     DIR/model{i}/snapshot-{update:010d}.cds   one complete snapshot of model i
     DIR/model{i}/.tmp-*                        a snapshot being written (never read)
 
-A snapshot file is ``payload | header | u32 header length | MAGIC``: the payload is
+A snapshot file is ``payload | header | u32 header length | u32 header CRC | MAGIC``: the payload is
 ``torch.save(state_dict)`` (tensors only, so ``torch.load(weights_only=True)`` reads it),
 the header is JSON with the format version, model id, update number, dtype, payload
-length, CRC-32 of the payload and the metadata needed to rebuild the model. The
+length, CRC-32 of the payload and the metadata needed to rebuild the model; the
+trailer holds the header's own CRC-32, so a damaged byte anywhere is caught. The
 header sits at the end so the writer streams the payload and its CRC in one pass.
 
 Files appear by ``rename`` after ``fsync``: a reader sees a whole file or none.
@@ -44,7 +45,7 @@ MAGIC = b"CODISTL\x01"
 KEEP = 2
 TOPOLOGIES = ("all", "ring")
 SNAPSHOT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_TRAILER = struct.Struct("<I8s")  # header length, MAGIC
+_TRAILER = struct.Struct("<II8s")  # header length, header CRC-32, MAGIC
 _NAME = re.compile(r"^snapshot-(\d{10})\.cds$")
 # A header is a few KB; anything claiming more is garbage, not a snapshot.
 _MAX_HEADER_BYTES = 1 << 20
@@ -166,7 +167,7 @@ def write_snapshot(root, model_id: int, num_updates: int, state_dict: Dict[str, 
             "meta": meta or {},
         }, default=str).encode()
         f.write(header)
-        f.write(_TRAILER.pack(len(header), MAGIC))
+        f.write(_TRAILER.pack(len(header), zlib.crc32(header), MAGIC))
 
     atomic_write(path, write)
     prune(root, model_id, keep)
@@ -210,12 +211,15 @@ def read_snapshot(path) -> Snapshot:
 def parse_snapshot(data: bytes, path="<bytes>") -> Snapshot:
     if len(data) < _TRAILER.size or data[-len(MAGIC):] != MAGIC:
         raise SnapshotError(f"{path} is not a complete snapshot (no end marker)")
-    header_len, _ = _TRAILER.unpack(data[-_TRAILER.size:])
+    header_len, header_crc, _ = _TRAILER.unpack(data[-_TRAILER.size:])
     header_end = len(data) - _TRAILER.size
     if header_len > min(_MAX_HEADER_BYTES, header_end):
         raise SnapshotError(f"{path} has a bad header length ({header_len})")
+    header_bytes = data[header_end - header_len:header_end]
+    if zlib.crc32(header_bytes) != header_crc:
+        raise SnapshotError(f"{path} fails its header checksum")
     try:
-        header = json.loads(data[header_end - header_len:header_end])
+        header = json.loads(header_bytes)
         version = header["format_version"]
         payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
     except (ValueError, KeyError, TypeError) as e:
@@ -347,6 +351,20 @@ class PeerExchange:
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
         self._write_future: Optional[concurrent.futures.Future] = None
         model_dir(cfg.root, cfg.model_id).mkdir(parents=True, exist_ok=True)
+        if self.is_writer:
+            self._remove_stale_temps()
+
+    def _remove_stale_temps(self) -> None:
+        """A job killed while publishing leaves a (model-sized) temp file; only this model
+        writes into its directory, and it is not writing yet, so every temp file is stale."""
+        directory = model_dir(self.cfg.root, self.cfg.model_id)
+        for name in os.listdir(directory):
+            if name.startswith(".tmp-"):
+                try:
+                    os.unlink(directory / name)
+                    logger.info("codistill: removed %s, left by an interrupted publish", name)
+                except FileNotFoundError:
+                    pass
 
     # -- the per-update hook ---------------------------------------------------------
     def step(self, num_updates: int, model: torch.nn.Module) -> None:

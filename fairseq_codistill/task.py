@@ -23,7 +23,11 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, DictConfig, OmegaConf
 
-from fairseq_codistill.checkpoints import allow_fairseq_checkpoints, load_checkpoint_state
+from fairseq_codistill.checkpoints import (
+    allow_fairseq_checkpoints,
+    load_checkpoint_state,
+    repair_checkpoint_last,
+)
 from fairseq_codistill.exchange import (
     SNAPSHOT_DTYPES,
     TOPOLOGIES,
@@ -142,6 +146,8 @@ class CodistillTranslationTask(TranslationTask):
         exchange_config(cfg).validate()
         check_exchange_dir(cfg.codistill_dir)
         allow_fairseq_checkpoints()
+        if cfg.restore_file == "checkpoint_last.pt" and distributed_utils.get_global_rank() == 0:
+            repair_checkpoint_last(cfg.save_dir)  # before the trainer loads it
         return super().setup_task(cfg, **kwargs)
 
     def __init__(self, cfg, src_dict, tgt_dict):

@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import zlib
 
 import pytest
 import torch
@@ -66,7 +67,8 @@ def good_bytes(tmp_path):
     (lambda b: b[:-1], "not a complete snapshot"),
     (lambda b: b"", "not a complete snapshot"),
     (lambda b: os.urandom(len(b)), "not a complete snapshot"),  # random bytes
-    (lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:], "checksum"),  # one flipped byte
+    (lambda b: b[:100] + bytes([b[100] ^ 0xFF]) + b[101:], "fails its checksum"),  # payload byte
+    (lambda b: b[:-30] + bytes([b[-30] ^ 0x01]) + b[-29:], "header checksum"),  # header byte
     (lambda b: b"\0" * 10 + b, "payload length"),  # padded in front
 ])
 def test_damaged_snapshots_raise_snapshot_error(tmp_path, good_bytes, damage, message):
@@ -77,12 +79,12 @@ def test_damaged_snapshots_raise_snapshot_error(tmp_path, good_bytes, damage, me
 
 
 def test_a_future_format_version_is_rejected_clearly(tmp_path, good_bytes):
-    header_len, _ = ex._TRAILER.unpack(good_bytes[-ex._TRAILER.size:])
+    header_len, _, _ = ex._TRAILER.unpack(good_bytes[-ex._TRAILER.size:])
     end = len(good_bytes) - ex._TRAILER.size
     header = json.loads(good_bytes[end - header_len:end])
     header["format_version"] = 99
     new = json.dumps(header).encode()
-    data = good_bytes[:end - header_len] + new + ex._TRAILER.pack(len(new), ex.MAGIC)
+    data = good_bytes[:end - header_len] + new + ex._TRAILER.pack(len(new), zlib.crc32(new), ex.MAGIC)
     with pytest.raises(ex.SnapshotError, match="format 99"):
         ex.parse_snapshot(data)
 
