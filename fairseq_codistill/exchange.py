@@ -291,12 +291,12 @@ class ExchangeConfig:
 def check_exchange_dir(root) -> None:
     """Fail at start-up when the exchange directory can never work."""
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--codistill-dir {root} is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"--codistill-dir {root}: cannot create it ({e.strerror})") from e
-    if not path.is_dir():
-        raise ValueError(f"--codistill-dir {root} is not a directory")
     try:
         with tempfile.TemporaryFile(dir=path):
             pass

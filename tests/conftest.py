@@ -85,3 +85,18 @@ def data_bin(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     make_parallel_text(root / "text")
     return binarize(root / "text", root / "bin")
+
+
+# -- figures: tests record measured numbers here; they print at the end of the run --------
+FIGURES: dict = {}
+
+
+def record_figure(section: str, name: str, value) -> None:
+    FIGURES.setdefault(section, {})[name] = value
+
+
+def pytest_terminal_summary(terminalreporter):
+    for section, values in FIGURES.items():
+        terminalreporter.write_sep("-", f"figures: {section}")
+        for name, value in values.items():
+            terminalreporter.write_line(f"{name}: {value}")
