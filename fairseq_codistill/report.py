@@ -1,0 +1,390 @@
+"""fairseq-codistill-report: a table and the paper's plots from fairseq's JSON logs.
+
+    fairseq-codistill-report RUN_DIR... [--out DIR] [--allreduce-workers N]
+
+A run directory holds ``train.log`` (one model) or ``model*/train.log`` (models started by
+fairseq-codistill-launch, one series each, labelled ``RUN/model{i}``): fairseq-train's
+output with ``--log-format json``, from a GPU or a CPU, finished or still running.
+``eval.json`` next to a ``train.log`` (and ``RUN_DIR/ensemble/eval.json``) adds BLEU, see
+``fairseq_codistill.evaluate``. Writes ``DIR/report.md`` and PNGs in the style of the
+paper's figures (Sodhani et al. 2020): train and validation NLL, codistillation loss and
+alpha, and the distance of the weights from their initial values, all against updates.
+"""
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+# fairseq prints a JSON record as "<time> | INFO | <tag> | {...}"
+RECORD = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+PARAMS = re.compile(r"num\. (?:shared )?model params: ([\d,]+)")
+DONE = re.compile(r"done training in ([\d.]+) seconds")
+CONFIG_INT = r"'{}': (\d+)"
+CRITERION = re.compile(r"'criterion': \{'_name': '(\w+)'([^}]*)\}")
+LABEL_SMOOTHING = re.compile(r"'label_smoothing': ([\d.e-]+)")
+MODEL_DIR = re.compile(r"^model(\d+)$")
+
+
+@dataclass
+class Series:
+    """One model's training curve, read from its train.log (and its eval.json)."""
+
+    label: str
+    path: Optional[Path] = None
+    inner: List[Dict[str, float]] = field(default_factory=list)   # train_inner records
+    epochs: List[Dict[str, float]] = field(default_factory=list)  # train (epoch) records
+    valid: List[Dict[str, float]] = field(default_factory=list)   # valid records
+    setup: Dict[str, object] = field(default_factory=dict)        # params, criterion ...
+    done_seconds: Optional[float] = None
+    eval: Optional[dict] = None
+
+    @property
+    def codistilled(self) -> bool:
+        return any("codistill_loss" in r for r in self.inner)
+
+
+# -- reading logs ------------------------------------------------------------------------
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _strip(record: dict, prefix: str) -> Dict[str, float]:
+    """fairseq prefixes epoch records with train_ and validation ones with valid_."""
+    return {(k[len(prefix):] if k.startswith(prefix) else k): _number(v) for k, v in record.items()}
+
+
+def parse_log(text: str, label: str, path: Optional[Path] = None) -> Series:
+    """All JSON records of one fairseq-train log; torn or foreign lines are skipped."""
+    series = Series(label, path)
+    for line in text.splitlines():
+        match = RECORD.search(line)
+        if match:
+            try:
+                record = json.loads(match.group(2))
+            except ValueError:  # a line still being written
+                continue
+            tag = match.group(1)
+            if tag == "train_inner":
+                series.inner.append(_strip(record, ""))
+            elif tag == "train":
+                series.epochs.append(_strip(record, "train_"))
+            else:
+                series.valid.append(_strip(record, "valid_"))
+            continue
+        if "model params" in line and "params" not in series.setup:
+            found = PARAMS.search(line)
+            if found:
+                series.setup["params"] = int(found.group(1).replace(",", ""))
+        elif "'distributed_training'" in line and "world_size" not in series.setup:
+            _parse_config(line, series.setup)
+        elif "done training in" in line:
+            found = DONE.search(line)
+            series.done_seconds = float(found.group(1)) if found else None
+    return series
+
+
+def _parse_config(line: str, setup: dict) -> None:
+    """The few settings the report shows, from fairseq's config dump at start-up."""
+    for key, name in (("distributed_world_size", "world_size"), ("max_tokens", "max_tokens")):
+        found = re.search(CONFIG_INT.format(key), line)
+        if found:
+            setup[name] = int(found.group(1))
+    found = re.search(r"'update_freq': \[(\d+)\]", line)
+    setup["update_freq"] = int(found.group(1)) if found else 1
+    found = CRITERION.search(line)
+    if found:
+        setup["criterion"] = found.group(1)
+        smoothing = LABEL_SMOOTHING.search(found.group(2))
+        setup["label_smoothing"] = float(smoothing.group(1)) if smoothing else 0.0
+
+
+def _read_eval(directory: Path) -> Optional[dict]:
+    path = directory / "eval.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None
+
+
+def load_run(run_dir: Path) -> List[Series]:
+    """The series of one run directory: its train.log, or one per model*/train.log, plus
+    an eval-only ``ensemble`` row when RUN_DIR/ensemble/eval.json exists."""
+    run_dir = Path(run_dir)
+    name = run_dir.resolve().name
+    if (run_dir / "train.log").is_file():
+        logs = [(name, run_dir)]
+    else:
+        models = sorted((int(MODEL_DIR.match(d.name).group(1)), d) for d in run_dir.iterdir()
+                        if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
+        logs = [(f"{name}/{d.name}", d) for _, d in models]
+    if not logs:
+        raise FileNotFoundError(f"{run_dir}: no train.log and no model*/train.log (a run "
+                                "directory of fairseq-train --log-format json output)")
+    series = []
+    for label, directory in logs:
+        log = directory / "train.log"
+        s = parse_log(log.read_text(errors="replace"), label, log)
+        s.eval = _read_eval(directory)
+        series.append(s)
+    ensemble = _read_eval(run_dir / "ensemble")
+    if ensemble is not None:
+        series.append(Series(f"{name}/ensemble", run_dir / "ensemble", eval=ensemble))
+    return series
+
+
+# -- the table -----------------------------------------------------------------------
+def curve(records: Sequence[dict], key: str, x: str = "num_updates"):
+    """(updates, values) of ``key``, one point per update: a job restarted from its
+    checkpoint logs some updates twice, and the later record wins."""
+    points = {}
+    for r in records:
+        if isinstance(r.get(key), float) and isinstance(r.get(x), float):
+            points[r[x]] = r[key]
+    xs = sorted(points)
+    return xs, [points[u] for u in xs]
+
+
+def last_train(series: Series) -> Optional[dict]:
+    """The newest training average: the last epoch's, or the last log interval's when the
+    run is in the middle of an epoch (or the epoch record is not written yet)."""
+    candidates = [r for r in (series.epochs[-1:] + series.inner[-1:]) if "num_updates" in r]
+    return max(candidates, key=lambda r: r["num_updates"]) if candidates else None
+
+
+def wall_seconds(series: Series) -> Optional[float]:
+    if series.done_seconds is not None:
+        return series.done_seconds
+    walls = [r["wall"] for r in series.inner + series.epochs if isinstance(r.get("wall"), float)]
+    return max(walls) if walls else None
+
+
+def bytes_exchanged(series: Series, allreduce_workers: Optional[int]) -> Optional[float]:
+    """Bytes this model received from the others.
+
+    Codistilled: the snapshots it read (``codistill_bytes``, counted by the exchange).
+    All-reduce of W workers: an estimate, a ring all-reduce of fp32 gradients receives
+    2 (W-1)/W x 4 bytes per parameter per update. W is the logged world size, or
+    ``--allreduce-workers`` for a single process that stands for W workers.
+    """
+    codistill = [r["codistill_bytes"] for r in series.inner if isinstance(r.get("codistill_bytes"), float)]
+    if codistill:
+        return codistill[-1]
+    workers = allreduce_workers or series.setup.get("world_size") or 1
+    updates = updates_done(series)
+    params = series.setup.get("params")
+    if workers <= 1 or params is None or updates is None:
+        return 0.0 if workers <= 1 and series.inner else None
+    return 2 * (workers - 1) / workers * 4 * params * updates
+
+
+def updates_done(series: Series) -> Optional[float]:
+    values = [r["num_updates"] for r in series.inner + series.epochs + series.valid
+              if isinstance(r.get("num_updates"), float)]
+    return max(values) if values else None
+
+
+@dataclass
+class Row:
+    label: str
+    updates: Optional[float] = None
+    train_loss: Optional[float] = None
+    train_nll: Optional[float] = None
+    valid_nll: Optional[float] = None
+    bleu: Optional[float] = None
+    bytes: Optional[float] = None
+    wall: Optional[float] = None
+
+
+def table_row(series: Series, allreduce_workers: Optional[int] = None) -> Row:
+    row = Row(series.label, updates=updates_done(series), wall=wall_seconds(series),
+              bytes=bytes_exchanged(series, allreduce_workers))
+    train = last_train(series)
+    if train is not None:
+        row.train_loss, row.train_nll = train.get("loss"), train.get("nll_loss")
+    if series.valid:
+        row.valid_nll = series.valid[-1].get("nll_loss")
+    if series.eval:
+        row.bleu = series.eval.get("bleu")
+        if row.valid_nll is None:
+            row.valid_nll = series.eval.get("valid_nll")
+    return row
+
+
+def human_bytes(n: Optional[float]) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def human_seconds(s: Optional[float]) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _fmt(value: Optional[float], digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+HEADER = ["run", "updates", "train loss", "train NLL", "val NLL", "BLEU", "bytes received", "wall time"]
+
+
+def row_cells(row: Row) -> List[str]:
+    return [row.label, _fmt(row.updates, 0), _fmt(row.train_loss, 3), _fmt(row.train_nll, 3),
+            _fmt(row.valid_nll, 3), _fmt(row.bleu, 2), human_bytes(row.bytes), human_seconds(row.wall)]
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def text_table(rows: Sequence[Row]) -> str:
+    cells = [HEADER] + [row_cells(r) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
+    fmt = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w)  # noqa: E731
+                              for i, (s, w) in enumerate(zip(c, widths)))
+    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells[1:]])
+
+
+# -- the plots ---------------------------------------------------------------------------
+def _style(series: Series, index: int) -> dict:
+    """Baselines solid black-ish, codistilled models coloured and dashed, as in the paper."""
+    if series.codistilled:
+        return {"linestyle": "--", "color": f"C{index % 10}"}
+    return {"linestyle": "-", "color": "k" if index == 0 else f"C{index % 10}"}
+
+
+def plot_panels(path: Path, series: Sequence[Series], panels, title: str) -> bool:
+    """One PNG of len(panels) side-by-side panels; panels are (records attr, key, y label).
+    Returns False (writes nothing) when no series has any of the keys."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (attr, key, ylabel) in zip(axes[0], panels):
+        for i, s in enumerate(series):
+            xs, ys = curve(getattr(s, attr), key)
+            if xs:
+                ax.plot(xs, ys, label=s.label, marker="o" if len(xs) < 15 else None,
+                        markersize=3, **_style(s, i))
+                drawn = True
+        ax.set_xlabel("updates")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
+
+
+PLOTS = [
+    ("loss.png", "Training and validation NLL (base 2)",
+     [("inner", "nll_loss", "train NLL (the cross-entropy part)"), ("valid", "nll_loss", "validation NLL")]),
+    ("codistill.png", "Codistillation loss and its weight",
+     [("inner", "codistill_loss", "codistill loss (MSE of logits)"), ("inner", "alpha", "alpha")]),
+    ("param_dist.png", "Distance of the weights from their initial values",
+     [("inner", "param_dist", "||theta - theta_0||_2")]),
+]
+
+
+def write_plots(out: Path, series: Sequence[Series]) -> List[str]:
+    curves = [s for s in series if s.inner or s.valid]
+    return [name for name, title, panels in PLOTS if plot_panels(out / name, curves, panels, title)]
+
+
+# -- report.md ---------------------------------------------------------------------------
+def setup_line(series: Series) -> str:
+    s = series.setup
+    parts = []
+    if "params" in s:
+        parts.append(f"{s['params']:,} parameters")
+    if "criterion" in s:
+        smoothing = s.get("label_smoothing") or 0
+        parts.append(s["criterion"] + (f" (label smoothing {smoothing:g})" if smoothing else ""))
+    if "max_tokens" in s:
+        tokens = s["max_tokens"] * s.get("world_size", 1) * s.get("update_freq", 1)
+        parts.append(f"up to {tokens:,} tokens per update")
+    if s.get("world_size", 1) > 1:
+        parts.append(f"{s['world_size']} data-parallel workers")
+    return f"- **{series.label}**: " + (", ".join(parts) or "no setup logged") + \
+        (f" (`{series.path}`)" if series.path else "")
+
+
+def write_report(out: Path, series: Sequence[Series], allreduce_workers: Optional[int] = None) -> List[Row]:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [table_row(s, allreduce_workers) for s in series]
+    plots = write_plots(out, series)
+    lines = ["# Codistillation report", "", markdown_table(rows), "",
+             "- *updates*: the last update logged; *train loss*: the criterion's loss "
+             "(with label smoothing or the codistillation term), *train NLL*: its "
+             "cross-entropy part, both the last logged average (the final epoch's, or the "
+             "latest log interval of a run still in progress).",
+             "- *val NLL*: fairseq's validation NLL per target token in **base 2**, as logged at "
+             "the last validation (from eval.json for an ensemble).",
+             "- *BLEU*: sacrebleu on detokenized output, from eval.json where it exists.",
+             "- *bytes received*: codistilled models, the peer snapshots each one read; "
+             "all-reduce, a ring all-reduce estimate, 2(W-1)/W x 4 bytes per parameter per update"
+             + (f" with W = {allreduce_workers} (--allreduce-workers)" if allreduce_workers else "")
+             + ".",
+             "", "## Runs", ""]
+    lines += [setup_line(s) for s in series if s.path is not None and (s.inner or s.valid)]
+    for s in series:
+        if s.eval:
+            lines.append(f"- eval of **{s.label}**: " + json.dumps(s.eval))
+    lines.append("")
+    for name, title, _ in PLOTS:
+        if name in plots:
+            lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return rows
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fairseq-codistill-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="a directory with train.log, or with model*/train.log")
+    p.add_argument("--out", "-o", type=Path, default=Path("report"), help="output folder (default: report)")
+    p.add_argument("--allreduce-workers", type=int, default=None,
+                   help="count a single-process baseline as W all-reduce workers in 'bytes received' "
+                        "(it stands for W workers with 1/W of its batch each)")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.allreduce_workers is not None and args.allreduce_workers < 1:
+        sys.exit(f"--allreduce-workers must be >= 1 (got {args.allreduce_workers})")
+    try:
+        series = [s for run in args.runs for s in load_run(run)]
+    except FileNotFoundError as e:
+        sys.exit(f"fairseq-codistill-report: {e}")
+    rows = write_report(args.out, series, args.allreduce_workers)
+    print(text_table(rows))
+    print(f"\nreport: {args.out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
