@@ -1,4 +1,5 @@
 """The snapshot exchange in-process: file format, atomicity, pruning, and PeerExchange."""
+import contextlib
 import json
 import logging
 import os
@@ -146,16 +147,26 @@ def settle(exchange, num_updates, model):
     exchange.step(num_updates + 1, model)
 
 
-def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
+@contextlib.contextmanager
+def exchanged_pair(tmp_path, **kw):
+    """Models 0 and 1 with their exchanges, after model 0 swapped in model 1's update-5
+    snapshot (model 0 reads it at its update 5 and swaps it in at 6)."""
     torch.manual_seed(0)
     m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
+    x0, x1 = make_exchange(tmp_path, 0, **kw), make_exchange(tmp_path, 1)
     try:
         x0.step(0, m0), x1.step(0, m1)
         assert x0.active_peers() == [] and x0.staleness() is None  # nobody has published
-        x1.step(5, m1)  # model 1 publishes at its update 5
+        x1.step(5, m1)
         x1.wait_for_write()
-        settle(x0, 5, m0)  # model 0 reads it at its update 5, swaps at 6
+        settle(x0, 5, m0)
+        yield x0, x1, m0, m1
+    finally:
+        x0.close(), x1.close()
+
+
+def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
+    with exchanged_pair(tmp_path) as (x0, x1, m0, m1):
         peers = x0.active_peers()
         assert len(peers) == 1 and not peers[0].training
         assert all(not p.requires_grad for p in peers[0].parameters())
@@ -164,22 +175,13 @@ def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
         assert torch.allclose(peers[0].weight, m1.weight, atol=1e-3)
         assert x0.staleness() == 1  # our update 6, the snapshot's 5
         assert x0.bytes_read == ex.list_snapshots(tmp_path, 1)[0].path.stat().st_size
-    finally:
-        x0.close(), x1.close()
 
 
 def test_max_staleness_drops_an_old_peer(tmp_path):
-    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    x0, x1 = make_exchange(tmp_path, 0, max_staleness=8), make_exchange(tmp_path, 1)
-    try:
-        x1.step(5, m1)
-        x1.wait_for_write()
-        settle(x0, 5, m0)
+    with exchanged_pair(tmp_path, max_staleness=8) as (x0, _, _, _):
         assert len(x0.active_peers()) == 1
         assert len(x0.active_peers(num_updates=13)) == 1  # 13 - 5 = 8: still allowed
         assert x0.active_peers(num_updates=14) == []  # 9 behind: dropped
-    finally:
-        x0.close(), x1.close()
 
 
 def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, caplog):
@@ -211,12 +213,7 @@ def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, c
 
 
 def test_state_dict_round_trip(tmp_path):
-    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
-    try:
-        x1.step(5, m1)
-        x1.wait_for_write()
-        settle(x0, 5, m0)
+    with exchanged_pair(tmp_path) as (x0, _, m0, _):
         x0.step(10, m0)
         x0.wait_for_write()
         state = x0.state_dict()
@@ -226,8 +223,6 @@ def test_state_dict_round_trip(tmp_path):
         fresh.load_state_dict(state)
         assert (fresh.last_published, fresh.num_loads, fresh.bytes_read) == (10, 1, state["bytes_read"])
         fresh.close()
-    finally:
-        x0.close(), x1.close()
 
 
 def test_a_failed_publish_warns_and_training_goes_on(tmp_path, caplog, monkeypatch):

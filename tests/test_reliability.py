@@ -283,14 +283,9 @@ def test_missing_or_impossible_exchange_dirs(tmp_path):
 
 
 def test_a_failed_read_mid_run_keeps_the_previous_peer(tmp_path, caplog):
-    from test_exchange import make_exchange, settle
+    from test_exchange import exchanged_pair, settle
 
-    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
-    try:
-        x1.step(5, m1)
-        x1.wait_for_write()
-        settle(x0, 5, m0)
+    with exchanged_pair(tmp_path) as (x0, _, m0, _):
         before = [p.weight.clone() for p in x0.active_peers()]
         # the next "snapshot" cannot be read at all (an I/O error, here a directory)
         (tmp_path / "model1" / "snapshot-0000000010.cds").mkdir()
@@ -299,8 +294,6 @@ def test_a_failed_read_mid_run_keeps_the_previous_peer(tmp_path, caplog):
         assert any("cannot read" in r.message for r in caplog.records)
         after = x0.active_peers()
         assert len(after) == 1 and torch.equal(after[0].weight, before[0])
-    finally:
-        x0.close(), x1.close()
 
 
 # -- 4. garbage in the exchange directory ------------------------------------------------------
