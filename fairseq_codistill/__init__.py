@@ -1,19 +1,17 @@
 """fairseq-codistill: codistillation as a fairseq ``--user-dir`` plugin.
 
 fairseq imports this package by its folder name and auto-imports only ``tasks/`` and
-``models/``, so the registered components are imported here. They are imported only
-when fairseq is already loaded (as it is under ``--user-dir``): the launcher, the
-exchange and the vision trainer never pay for, or depend on, importing fairseq.
+``models/``, so the registered components are imported here. They are registered with
+fairseq once fairseq is loaded, never loading it ourselves: the launcher, the exchange
+and the vision trainer neither pay for nor depend on fairseq.
 """
+import importlib.abc
+import importlib.util
 import sys
 
 
 def register() -> None:
-    """Register ``codistill_ce`` and ``codistill_translation`` with fairseq.
-
-    Needed only by programs that imported this package *before* fairseq and then run
-    fairseq in-process; ``--user-dir`` does it by itself.
-    """
+    """Register ``codistill_ce`` and ``codistill_translation`` with fairseq. Idempotent."""
     from fairseq_codistill.checkpoints import allow_fairseq_checkpoints
 
     allow_fairseq_checkpoints()  # resume and fairseq-generate on torch >= 2.6
@@ -23,5 +21,28 @@ def register() -> None:
     print_plugin_help()
 
 
+class _RegisterAfterFairseq(importlib.abc.MetaPathFinder):
+    """Runs ``register()`` right after ``fairseq`` is imported, if this package came first
+    (fairseq's ``--user-dir`` skips a package that is already imported, so waiting for it
+    would leave our components unregistered)."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "fairseq":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            exec_fairseq = spec.loader.exec_module
+
+            def exec_module(module):
+                exec_fairseq(module)
+                register()
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
 if "fairseq" in sys.modules:
     register()
+else:
+    sys.meta_path.insert(0, _RegisterAfterFairseq())

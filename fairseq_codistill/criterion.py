@@ -70,16 +70,16 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def validate_config(cfg: CodistillCrossEntropyConfig) -> None:
-    """Reject bad values before training starts, naming the flag to change."""
-    _check(cfg.codistill_alpha >= 0 and math.isfinite(cfg.codistill_alpha),
-           f"--codistill-alpha must be a finite number >= 0 (got {cfg.codistill_alpha})")
-    _check(cfg.codistill_gamma > 0,
-           f"--codistill-gamma must be > 0 (got {cfg.codistill_gamma})")
-    _check(cfg.codistill_alpha_max is None or cfg.codistill_alpha_max >= 0,
-           f"--codistill-alpha-max must be >= 0 (got {cfg.codistill_alpha_max})")
-    _check(cfg.codistill_burn_in_updates >= 0,
-           f"--codistill-burn-in-updates must be >= 0 (got {cfg.codistill_burn_in_updates})")
+def validate_config(cfg: CodistillCrossEntropyConfig) -> AlphaSchedule:
+    """Reject bad values before training starts, naming the flag to change; returns the
+    alpha schedule (which checks its own flags)."""
+    schedule = AlphaSchedule(
+        alpha0=cfg.codistill_alpha,
+        kind=cfg.codistill_alpha_schedule,
+        gamma=cfg.codistill_gamma,
+        alpha_max=cfg.codistill_alpha_max,
+        burn_in_updates=cfg.codistill_burn_in_updates,
+    )
     _check(cfg.codistill_temperature > 0,
            f"--codistill-temperature must be > 0 (got {cfg.codistill_temperature})")
     _check(cfg.codistill_loss == "kl" or cfg.codistill_temperature == 1.0,
@@ -90,20 +90,14 @@ def validate_config(cfg: CodistillCrossEntropyConfig) -> None:
            "codistill_ce: codistillation already regularises, and the paper removes label "
            "smoothing to match all-reduce; drop the flag (or use "
            "label_smoothed_cross_entropy for the baseline)")
+    return schedule
 
 
 @register_criterion("codistill_ce", dataclass=CodistillCrossEntropyConfig)
 class CodistillCrossEntropyCriterion(CrossEntropyCriterion):
     def __init__(self, task, cfg: CodistillCrossEntropyConfig):
         super().__init__(task, cfg.sentence_avg)
-        validate_config(cfg)
-        self.schedule = AlphaSchedule(
-            alpha0=cfg.codistill_alpha,
-            kind=cfg.codistill_alpha_schedule,
-            gamma=cfg.codistill_gamma,
-            alpha_max=cfg.codistill_alpha_max,
-            burn_in_updates=cfg.codistill_burn_in_updates,
-        )
+        self.schedule = validate_config(cfg)
         self.penalty_kind = cfg.codistill_loss
         self.temperature = cfg.codistill_temperature
         # Training progress, advanced by the task once per update (not per micro-batch).

@@ -113,16 +113,19 @@ class AlphaSchedule:
     burn_in_updates: int = 0
 
     def __post_init__(self):
+        # Both front ends spell these --codistill-*: the messages name the flag to change.
         if self.kind not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES} (got {self.kind!r})")
+            raise ValueError(f"schedule (--codistill-alpha-schedule) must be one of {SCHEDULES} "
+                             f"(got {self.kind!r})")
         if not self.alpha0 >= 0 or math.isinf(self.alpha0):
-            raise ValueError(f"alpha must be a finite number >= 0 (got {self.alpha0})")
+            raise ValueError(f"alpha (--codistill-alpha) must be a finite number >= 0 (got {self.alpha0})")
         if not self.gamma > 0:
-            raise ValueError(f"gamma must be > 0 (got {self.gamma})")
+            raise ValueError(f"gamma (--codistill-gamma) must be > 0 (got {self.gamma})")
         if self.alpha_max is not None and not self.alpha_max >= 0:
-            raise ValueError(f"alpha_max must be >= 0 (got {self.alpha_max})")
+            raise ValueError(f"alpha_max (--codistill-alpha-max) must be >= 0 (got {self.alpha_max})")
         if self.burn_in_updates < 0:
-            raise ValueError(f"burn_in_updates must be >= 0 (got {self.burn_in_updates})")
+            raise ValueError(f"burn_in_updates (--codistill-burn-in-updates) must be >= 0 "
+                             f"(got {self.burn_in_updates})")
 
     def __call__(self, epoch: int = 1, num_updates: int = 0, num_lr_decays: int = 0) -> float:
         """alpha at 1-based ``epoch`` after ``num_updates`` updates and ``num_lr_decays``."""

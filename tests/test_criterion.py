@@ -168,3 +168,20 @@ def test_reduce_metrics_logs_per_token_values_in_base_2(setup):
 def test_bad_flags_fail_at_build_time_naming_the_flag(data_bin, flags, named):
     with pytest.raises(ValueError, match=named):
         build(data_bin, *flags)
+
+
+def test_registered_whatever_the_import_order():
+    # The package imported before fairseq (a notebook, or a tool that imports the exchange
+    # first) must not leave codistill_ce unknown to a later in-process fairseq-train.
+    import subprocess
+    import sys
+
+    code = ("import sys, fairseq_codistill.exchange\n"
+            "assert 'fairseq' not in sys.modules\n"
+            "from fairseq import options\n"
+            "args = options.parse_args_and_arch(options.get_training_parser(), "
+            "['data', '--arch', 'transformer', '--criterion', 'codistill_ce', '--task', 'codistill_translation'])\n"
+            "print(args.criterion, args.task, args.codistill_alpha)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["codistill_ce", "codistill_translation", "1.0"]

@@ -405,9 +405,6 @@ def parse_and_build(data_bin, xdir, flags):
     from fairseq import options, tasks
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
-    import fairseq_codistill
-
-    fairseq_codistill.register()  # this module imported the package before fairseq
     base = [str(data_bin), *TINY_ARCH, "--user-dir", PLUGIN, "--cpu", "--criterion", "codistill_ce", *TASK]
     if "NO_DIR" not in flags:
         base += ["--codistill-dir", str(xdir)]

@@ -66,7 +66,7 @@ def test_update_freq_advances_alpha_once_per_update(data_bin, tmp_path):
 def test_bad_flag_fails_before_training(data_bin, tmp_path):
     proc = train(data_bin, tmp_path / "bad", 5, "--codistill-gamma", "-1", check=False)
     assert proc.returncode != 0
-    assert "--codistill-gamma must be > 0 (got -1.0)" in proc.stderr
+    assert "gamma (--codistill-gamma) must be > 0 (got -1.0)" in proc.stderr
     assert not (tmp_path / "bad" / "checkpoint_last.pt").exists()
 
 

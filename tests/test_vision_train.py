@@ -172,7 +172,7 @@ def test_peer_with_other_classes_is_rejected(tmp_path, caplog):
     (["--wd-schedule", "1e-4,1e-5,0,0,0"], "--wd-schedule has 5 values but there are only 3"),
     (["--train-fraction", "0"], "--train-fraction must be in (0, 1]"),
     (["--codistill-dir", "X", "--codistill-id", "0", "--codistill-gamma", "-1"],
-     "--codistill-gamma must be > 0 (got -1.0)"),
+     "gamma (--codistill-gamma) must be > 0 (got -1.0)"),
     (["--codistill-dir", "X", "--codistill-id", "2"], "--codistill-id must be in [0, "),
     (["--codistill-dir", "X"], "--codistill-id is required"),
     (["--codistill-temperature", "2"], "--codistill-temperature 2.0 only applies to --codistill-loss kl"),

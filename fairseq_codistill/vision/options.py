@@ -121,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--codistill-max-staleness", type=int, default=0, help="drop a peer whose "
                    "snapshot is more than this many updates behind ours; 0 = no limit")
     g.add_argument("--codistill-wait-for-peers", type=float, default=0.0, help="seconds to "
-                   "wait, at the first exchange, for peers that have not published yet")
+                   "wait, at the first exchange, for peers that have not published yet; with "
+                   "--codistill-max-lead, the most to wait at each exchange")
+    g.add_argument("--codistill-max-lead", type=int, default=0, help="at each exchange, wait "
+                   "until every peer has a snapshot at most this many updates behind ours "
+                   "(stale-synchronous); 0 = never wait")
     g.add_argument("--codistill-alpha", type=float, default=1.0, help="weight of the "
                    "penalty (initial value for exponential and step); the paper's ImageNet value")
     g.add_argument("--codistill-alpha-schedule", choices=SCHEDULES, default="constant",
@@ -158,15 +162,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def alpha_schedule(args) -> AlphaSchedule:
-    """The loss core's schedule; its errors are reworded to name our flags."""
-    try:
-        return AlphaSchedule(alpha0=args.codistill_alpha, kind=args.codistill_alpha_schedule,
-                             gamma=args.codistill_gamma, alpha_max=args.codistill_alpha_max,
-                             burn_in_updates=args.codistill_burn_in_updates)
-    except ValueError as e:
-        field_name, rest = str(e).split(" ", 1)
-        flag = {"alpha": "alpha", "schedule": "alpha-schedule"}.get(field_name, field_name.replace("_", "-"))
-        raise ValueError(f"--codistill-{flag} {rest}") from e
+    """The loss core's schedule; its errors name the --codistill-* flags."""
+    return AlphaSchedule(alpha0=args.codistill_alpha, kind=args.codistill_alpha_schedule,
+                         gamma=args.codistill_gamma, alpha_max=args.codistill_alpha_max,
+                         burn_in_updates=args.codistill_burn_in_updates)
 
 
 def exchange_config(args) -> ExchangeConfig:
@@ -177,7 +176,7 @@ def exchange_config(args) -> ExchangeConfig:
         root=args.codistill_dir, model_id=args.codistill_id, num_models=args.codistill_num_models,
         topology=args.codistill_topology, interval=args.codistill_interval,
         dtype=args.codistill_snapshot_dtype, max_staleness=args.codistill_max_staleness,
-        wait_for_peers=args.codistill_wait_for_peers)
+        wait_for_peers=args.codistill_wait_for_peers, max_lead=args.codistill_max_lead)
 
 
 def _check(ok: bool, message: str) -> None:
