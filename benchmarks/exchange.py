@@ -1,0 +1,302 @@
+"""What publishing and loading peer snapshots costs, against the disk's own speed.
+
+For a transformer-big-sized model (about 210M parameters, ``--params``) and each
+snapshot dtype, interleaved rounds time:
+
+    publish   ``cast_state_dict`` (on the training thread) and ``write_snapshot``
+              (serialise, CRC, fsync, rename; on the writer thread in training)
+    load      ``read_snapshot`` (read, CRC check, deserialise; on the reader thread)
+    disk      the same number of bytes written in 64 MB chunks + fsync, and read back
+              into memory in 64 MB chunks: the floor any snapshot format pays
+
+Before each read the file's pages are dropped from the page cache with
+posix_fadvise(DONTNEED); the share of the file still cached is printed, since the
+kernel may keep it. Then a ``PeerExchange`` runs real updates of the model while it
+loads a peer in the background, and the time spent inside ``PeerExchange.step`` on the
+update that swaps the peer in is compared with one update of the model:
+
+    write_fraction_<dtype> = snapshot write throughput / disk write throughput (>= 0.5)
+    read_fraction_<dtype>  = snapshot read throughput / disk read throughput   (>= 0.5)
+    stall_swap_<dtype>     = main-thread time in step() at a swap / one update  (< 0.05)
+
+    python benchmarks/exchange.py            # 210M parameters, fp32 fp16 bf16
+    python benchmarks/exchange.py --quick    # 20M parameters: under a minute
+"""
+import argparse
+import ctypes
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common
+from fairseq_codistill.exchange import (
+    SNAPSHOT_DTYPES,
+    ExchangeConfig,
+    PeerExchange,
+    cast_state_dict,
+    model_dir,
+    read_snapshot,
+    write_snapshot,
+)
+
+CHUNK = 64 << 20  # bytes per write()/readinto() of the disk baseline
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--params", type=float, default=210e6,
+                   help="model size: a transformer-big layout scaled to this many parameters "
+                        "(210e6 is transformer big with a 32K joined vocabulary)")
+    p.add_argument("--vocab", type=int, default=32768, help="joined vocabulary (WMT'16 En-De BPE)")
+    p.add_argument("--dtypes", nargs="+", default=list(SNAPSHOT_DTYPES), choices=list(SNAPSHOT_DTYPES))
+    p.add_argument("--reps", type=int, default=5,
+                   help="timed rounds of write/read; medians (a virtual disk's speed varies a lot)")
+    p.add_argument("--dir", default=None,
+                   help="where snapshots go (default: a temp dir); point it at the shared "
+                        "filesystem the models will use to measure that instead")
+    p.add_argument("--update-tokens", type=int, default=None,
+                   help="tokens of the reference update (default 256 on a CPU, where bigger "
+                        "batches take minutes, which only makes the stall look smaller; "
+                        "3584 on a GPU, the paper's --max-tokens)")
+    p.add_argument("--seq-len", type=int, default=32)
+    p.add_argument("--fp16", action="store_true", help="train in fp16 (GPU), as fairseq --fp16")
+    p.add_argument("--bf16", action="store_true", help="train in bf16, as fairseq --bf16")
+    p.add_argument("--quick", action="store_true", help="--params 20e6 --reps 2: under a minute")
+    common.add_machine_args(p, clock=False)
+    args = p.parse_args(argv)
+    args.clock = "wall"  # disk and thread waits are the point: CPU time would hide them
+    if args.quick:
+        args.params, args.reps = 20e6, 2
+    if args.update_tokens is None:
+        args.update_tokens = 3584 if args.device == "cuda" else 256
+    return args
+
+
+# -- the disk ------------------------------------------------------------------------
+
+
+def drop_cache(path) -> None:
+    """Ask the kernel to forget the (clean, fsynced) pages of ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def cached_fraction(path):
+    """Share of ``path``'s pages in the page cache (mincore), or None if unknown."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        size = os.path.getsize(path)
+        pages = (size + os.sysconf("SC_PAGE_SIZE") - 1) // os.sysconf("SC_PAGE_SIZE")
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, 1, 1, fd, 0)  # PROT_READ, MAP_SHARED
+        finally:
+            os.close(fd)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            return None
+        try:
+            vec = (ctypes.c_ubyte * pages)()
+            if libc.mincore(addr, size, vec) != 0:
+                return None
+            return sum(v & 1 for v in vec) / pages
+        finally:
+            libc.munmap(addr, size)
+    except (OSError, AttributeError):
+        return None
+
+
+def disk_write(path: Path, data: memoryview) -> None:
+    with open(path, "wb") as f:
+        for i in range(0, len(data), CHUNK):
+            f.write(data[i:i + CHUNK])
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def disk_read(path: Path) -> bytearray:
+    size = os.path.getsize(path)
+    buf = bytearray(size)  # the reader must hold the bytes, as read_snapshot does
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        pos = 0
+        while pos < size:
+            n = f.readinto(view[pos:pos + CHUNK])
+            if not n:
+                break
+            pos += n
+    return buf
+
+
+def timed(fn, device: torch.device = torch.device("cpu")):
+    """(wall seconds, result) of ``fn()``, GPU work included."""
+    common.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    common.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+# -- publish and load ----------------------------------------------------------------
+
+
+def io_rounds(model, dtypes, reps, root: Path, device):
+    """Per dtype, per round: cast, then snapshot and disk writes, then snapshot and disk
+    reads, each pair in alternating order. An untimed first write gives the sizes."""
+    t = {d: {k: [] for k in ("cast", "write", "disk_write", "read", "disk_read")} for d in dtypes}
+    size = {d: write_snapshot(root, i, 0, cast_state_dict(model.state_dict(), d), dtype=d,
+                              keep=1).stat().st_size for i, d in enumerate(dtypes)}
+    noise = memoryview(os.urandom(1 << 20) * (max(size.values()) // (1 << 20) + 1))
+    cached = []
+    for r in range(1, reps + 1):
+        for i, dtype in enumerate(dtypes):
+            dt, state = timed(lambda: cast_state_dict(model.state_dict(), dtype), device)
+            t[dtype]["cast"].append(dt)
+            path, plain = model_dir(root, i) / f"snapshot-{r:010d}.cds", root / f"disk-{dtype}.bin"
+            writes = [("write", lambda: write_snapshot(root, i, r, state, dtype=dtype, keep=1)),
+                      ("disk_write", lambda: disk_write(plain, noise[:size[dtype]]))]
+            reads = [("read", lambda: read_snapshot(path)), ("disk_read", lambda: disk_read(plain))]
+            for key, fn in (writes if r % 2 else writes[::-1]):
+                t[dtype][key].append(timed(fn)[0])
+            del state
+            for p in (path, plain):  # both read from a dropped cache
+                drop_cache(p)
+                cached.append(cached_fraction(p))
+            for key, fn in (reads if r % 2 else reads[::-1]):
+                dt, out = timed(fn)
+                t[dtype][key].append(dt)
+                del out
+            plain.unlink()
+    return t, size, cached
+
+
+# -- the stall at a swap -------------------------------------------------------------
+
+
+def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: Path, device, max_updates=50):
+    """Main-thread seconds in PeerExchange.step at a publish and at two swaps.
+
+    A peer snapshot is on disk at update K; step(K) publishes ours and starts loading
+    the peer in the background; real updates run until a step swaps it in (the first
+    swap also builds the peer module). Then a newer peer snapshot at 2K, again.
+    """
+    interval = 1000
+    exchange = PeerExchange(
+        ExchangeConfig(root=str(root), model_id=0, num_models=2, interval=interval, dtype=dtype),
+        build_peer=lambda meta: task.build_model(cfg.model),
+    )
+    out = {"publish": [], "swap": [], "updates_while_loading": []}
+    try:
+        for k in (1, 2):
+            write_snapshot(root, 1, k * interval, cast_state_dict(model.state_dict(), dtype), dtype=dtype)
+            step = k * interval
+            dt, _ = timed(lambda: exchange.step(step, model), device)
+            out["publish"].append(dt)
+            loads = exchange.num_loads
+            while exchange.num_loads == loads:
+                if step - k * interval > max_updates:
+                    raise RuntimeError(f"the peer snapshot did not load within {max_updates} updates")
+                dt, _ = timed(lambda: common.update(task, model, exchange_criterion(task, exchange),
+                                                    optimizer, sample), device)
+                out["updates_while_loading"].append(dt)
+                step += 1
+                dt, _ = timed(lambda: exchange.step(step, model), device)
+            out["swap"].append(dt)  # (if the load beat step(K), step(K) swapped too)
+            exchange.wait_for_write()
+        out["peers"] = exchange.active_peers()
+    finally:
+        exchange.close()
+    return out
+
+
+def exchange_criterion(task, exchange):
+    return common.codistill_criterion(task, exchange.active_peers(), alpha=1.0)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = common.setup_device(args)
+    extra = ["--cpu"] if args.device == "cpu" else []
+    extra += ["--fp16"] if args.fp16 else ["--bf16"] if args.bf16 else []
+    cfg, task = common.fairseq_setup(common.big_transformer_args(args.params, args.vocab),
+                                     args.vocab, args.vocab, extra)
+    train_dtype = common.train_dtype(cfg)
+    dt_build, model = timed(lambda: common.prepare(task.build_model(cfg.model), train_dtype, device),
+                            device)
+    optimizer = common.build_optimizer(cfg, model)
+    sample = common.make_batch(task, args.update_tokens, args.seq_len, device)
+    root = Path(args.dir or tempfile.mkdtemp(prefix="codistill-bench-exchange-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        io_t, size, cached = io_rounds(model, args.dtypes, args.reps, root, device)
+        stalls = {}
+        for d in args.dtypes:
+            stalls[d] = swap_stalls(task, cfg, model, optimizer, sample, d, root / f"x-{d}", device)
+            if d != args.dtypes[-1]:
+                del stalls[d]["peers"]  # one peer model in memory at a time
+        # The reference: updates with a loaded peer and no exchange work in flight.
+        criterion = common.codistill_criterion(task, stalls[args.dtypes[-1]].pop("peers"), alpha=1.0)
+        ref = common.interleaved(
+            {"update": lambda: common.update(task, model, criterion, optimizer, sample)},
+            reps=3, warmup=0, device=device)["update"]
+    finally:
+        if args.dir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+    print(f"# exchange: {common.num_params(model) / 1e6:.1f}M params "
+          f"({' '.join(common.big_transformer_args(args.params, args.vocab)[1:])}), "
+          f"training in {str(train_dtype).replace('torch.', '')} on {args.device}, snapshots in {root}")
+    print(common.machine_line(device, args))
+    known = [c for c in cached if c is not None]
+    print("note  reads are after posix_fadvise(DONTNEED); share of the file still in the page "
+          f"cache when read: {'unknown' if not known else f'max {max(known):.0%}'}")
+    print(f"time  build model                  {dt_build:9.4f} s  (the first swap builds the peer too)")
+    print(common.time_line(f"update ({sample['ntokens']} tokens, 1 peer)", ref))
+    t_update = common.median(ref)
+    for d in args.dtypes:
+        t = {k: common.median(v) for k, v in io_t[d].items()}
+        mb = size[d] / 1e6
+        print(f"size  snapshot {d:<5s} {common.fmt_bytes(size[d]):>10s}   "
+              f"cast {t['cast']:.3f} s, write {t['write']:.3f} s ({mb / t['write']:.0f} MB/s; "
+              f"disk {mb / t['disk_write']:.0f} MB/s), read {t['read']:.3f} s "
+              f"({mb / t['read']:.0f} MB/s; disk {mb / t['disk_read']:.0f} MB/s)")
+    for d in args.dtypes:
+        t = {k: common.median(v) for k, v in io_t[d].items()}
+        w, r = t["disk_write"] / t["write"], t["disk_read"] / t["read"]
+        print(common.ratio_line(f"write_fraction_{d}", w, "snapshot write MB/s / disk write MB/s; "
+                                + common.paired_ratio(io_t[d]["disk_write"], io_t[d]["write"]),
+                                ">= 0.5", w >= 0.5))
+        print(common.ratio_line(f"read_fraction_{d}", r, "snapshot read MB/s / disk read MB/s; "
+                                + common.paired_ratio(io_t[d]["disk_read"], io_t[d]["read"]),
+                                ">= 0.5", r >= 0.5))
+    for d in args.dtypes:
+        s = stalls[d]
+        print(f"time  step() at swaps {d:<5s}   first {s['swap'][0]:.4f} s (builds the peer), "
+              f"then {s['swap'][1]:.4f} s; at publish {common.median(s['publish']):.4f} s; "
+              f"{len(s['updates_while_loading'])} update(s) while loading, median "
+              f"{common.median(s['updates_while_loading']):.3f} s")
+        steady = s["swap"][1] / t_update
+        print(common.ratio_line(f"stall_swap_{d}", steady, "step() at a swap / one update",
+                                "< 0.05", steady < 0.05))
+        print(common.ratio_line(f"stall_first_swap_{d}", s["swap"][0] / t_update,
+                                "step() at the first swap, which builds the peer, / one update"))
+        print(common.ratio_line(f"stall_publish_{d}", common.median(s["publish"]) / t_update,
+                                "step() at a publish (cast to a CPU copy) / one update"))
+        print(common.ratio_line(f"update_while_loading_{d}",
+                                common.median(s["updates_while_loading"]) / t_update,
+                                "update time while a peer loads in the background / one update"))
+
+
+if __name__ == "__main__":
+    main()
