@@ -1,8 +1,8 @@
 """Fault injection: killed peers, write/read races, storage faults, garbage in the exchange
 directory, and bad command lines. One model's trouble must never stop or corrupt another.
 
-Bounded by default; ``RELIABILITY_SCALE=10 pytest -m slow tests/test_reliability.py`` runs
-the long variant (more kills, a longer race). Figures print at the end of the run.
+Bounded by default; ``RELIABILITY_SCALE=10 pytest -m reliability`` runs the long variant
+(ten times the kills, the race's length and the fuzz examples). Figures print at the end.
 """
 import json
 import multiprocessing
@@ -23,6 +23,7 @@ from conftest import PLUGIN, TINY_ARCH, TINY_TRAIN, cpu_env, json_logs, record_f
 from fairseq_codistill import exchange as ex
 from fairseq_codistill.checkpoints import is_complete, load_checkpoint_state
 
+pytestmark = pytest.mark.reliability
 SCALE = int(os.environ.get("RELIABILITY_SCALE", "1"))
 INTERVAL = 5
 
