@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     pairs, stats = collect(catalogs, src_is_english=src == "en", max_chars=args.max_chars)
     print(f"{len(catalogs)} catalogs in {args.locale_dir / args.lang / 'LC_MESSAGES'}: "
           f"{stats['entries']} translated entries, {len(pairs)} pairs kept; dropped: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "entries"))
+          + (", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "entries") or "none"))
     needed = max(args.min_pairs, args.valid + args.test + 1)
     if len(pairs) < needed:
         print(f"error: only {len(pairs)} usable {src}-{tgt} pairs from {len(catalogs)} gettext "

@@ -58,7 +58,9 @@ def corpus_bleu(hyps: Dict[int, str], references: List[str]) -> Dict[str, object
     if len(hyps) != len(references) or set(hyps) != set(range(len(references))):
         missing = sorted(set(range(len(references))) - set(hyps))[:5]
         raise ValueError(f"{len(hyps)} hypotheses for {len(references)} references "
-                         f"(first missing ids: {missing}); was generation cut short?")
+                         f"(first missing ids: {missing}): was generation cut short, or "
+                         "run without --required-batch-size-multiple 1? (fairseq drops a last "
+                         "batch smaller than that multiple, 8 by default)")
     metric = sacrebleu.metrics.BLEU()
     score = metric.corpus_score([hyps[i] for i in range(len(references))], [references])
     return {"bleu": round(score.score, 2), "sacrebleu": str(metric.get_signature())}

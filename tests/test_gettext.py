@@ -192,17 +192,24 @@ def test_prepare_script_fails_without_catalogs(tmp_path):
     assert not (tmp_path / "data" / "bin").exists()
 
 
+def made_up_catalog(locale: Path, lang: str = "xx", n: int = 300) -> Path:
+    """n distinct pairs of a made-up language: the English upper-cased, "the" -> "de"."""
+    messages = locale / lang / "LC_MESSAGES"
+    messages.mkdir(parents=True)
+    verbs = ["open", "save", "close", "print", "delete", "copy"]
+    objects = ["file", "folder", "window", "page", "image", "link"]
+    entries = [(b"", b"Content-Type: text/plain; charset=UTF-8\n")]
+    for i in range(n):
+        en = f"{verbs[i % 6]} the {objects[i // 6 % 6]} number {i}"
+        entries.append((en.encode(), en.upper().replace("THE", "de").encode()))
+    write_mo(messages / "made-up.mo", entries)
+    return locale
+
+
 @pytest.mark.e2e
 def test_prepare_script_builds_a_data_bin(tmp_path):
     """sentencepiece + fairseq-preprocess on 300 made-up pairs; a second run skips it all."""
-    messages = tmp_path / "locale" / "xx" / "LC_MESSAGES"
-    messages.mkdir(parents=True)
-    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
-    entries = [(b"", b"Content-Type: text/plain; charset=UTF-8\n")]
-    for i in range(300):
-        en = f"{words[i % 6]} {words[i // 6 % 6]} {words[i // 36 % 6]} number {i}"
-        entries.append((en.encode(), en.upper().replace("NUMBER", "nummer").encode()))
-    write_mo(messages / "made-up.mo", entries)
+    made_up_catalog(tmp_path / "locale")
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "LOCALE_DIR": str(tmp_path / "locale"),
            "OUT": str(tmp_path / "data"), "LANG_PAIR": "xx-en", "VALID_PAIRS": "20",
            "TEST_PAIRS": "20", "MIN_PAIRS": "100", "VOCAB_SIZE": "60", "WORKERS": "1"}
