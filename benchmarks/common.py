@@ -18,8 +18,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-# The package first: imported before fairseq, its __init__ registers nothing, and the
-# criterion module is imported explicitly below (what --user-dir would do).
+# The package registers codistill_ce with fairseq as --user-dir would, once fairseq loads.
 import fairseq_codistill  # noqa: F401
 import torch
 
@@ -85,15 +84,17 @@ def interleaved(cases: Dict[str, Callable[[], None]], reps: int, warmup: int,
                 device: torch.device, clock: str = "wall") -> Dict[str, List[float]]:
     """Seconds per call of each case, ``reps`` rounds after ``warmup`` untimed ones.
 
-    Each round runs every case once (A B C D, then B C D A ...): a slow spell of a
-    shared machine hits all cases alike instead of one of them.
+    Each round runs every case once, so a slow spell of a shared machine hits all cases
+    alike; the orders form a Williams design (A B D C, B C A D, C D B A, D A C B for
+    four cases), so over each cycle every case also follows every other case once and
+    what one leaves behind (caches, allocator state) weighs on all alike.
     """
     now = clock_fn(clock)
     names = list(cases)
+    orders = williams(len(names))
     times: Dict[str, List[float]] = {n: [] for n in names}
     for r in range(warmup + reps):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in (names[i] for i in orders[(r - warmup) % len(orders)]):
             synchronize(device)
             t0 = now()
             cases[name]()
@@ -101,6 +102,20 @@ def interleaved(cases: Dict[str, Callable[[], None]], reps: int, warmup: int,
             if r >= warmup:
                 times[name].append(now() - t0)
     return times
+
+
+def williams(n: int) -> List[List[int]]:
+    """Orders of 0..n-1, n of them (2n for odd n), in which each i precedes each j once."""
+    first, lo, hi = [0], 1, n - 1
+    for k in range(1, n):
+        if k % 2:
+            first.append(lo)
+            lo += 1
+        else:
+            first.append(hi)
+            hi -= 1
+    rows = [[(i + r) % n for i in first] for r in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
 
 
 def median(xs: Sequence[float]) -> float:
