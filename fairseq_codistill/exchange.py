@@ -92,6 +92,8 @@ def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]
 class _CRCWriter(io.RawIOBase):
     """A write-only file wrapper that keeps the CRC-32 and length of what went through."""
 
+    CHUNK = 1 << 20  # torch.save hands over whole tensors; one huge write() can stall a disk
+
     def __init__(self, f):
         self.f, self.crc, self.nbytes = f, 0, 0
 
@@ -99,9 +101,13 @@ class _CRCWriter(io.RawIOBase):
         return True
 
     def write(self, b):
-        self.crc = zlib.crc32(b, self.crc)
-        self.nbytes += len(b)
-        return self.f.write(b)
+        view = memoryview(b).cast("B")
+        for start in range(0, len(view), self.CHUNK):
+            piece = view[start:start + self.CHUNK]
+            self.crc = zlib.crc32(piece, self.crc)
+            self.f.write(piece)
+        self.nbytes += len(view)
+        return len(view)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -135,12 +141,21 @@ def atomic_write(path, write: Callable) -> None:
 
 
 def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str) -> Dict[str, torch.Tensor]:
-    """CPU copies of the tensors, floating-point ones cast to the snapshot dtype."""
+    """CPU copies of the tensors, floating-point ones cast to the snapshot dtype.
+
+    Always copies (``.to`` of a CPU fp32 tensor to fp32 would return the live parameter,
+    which the background writer would then save while the optimizer changes it), and
+    copies tied weights once: they stay one tensor, so torch.save stores them once.
+    """
     target = SNAPSHOT_DTYPES[dtype]
-    out = {}
+    out, copies = {}, {}
     for name, t in state_dict.items():
         t = t.detach()
-        out[name] = t.to(device="cpu", dtype=target if t.is_floating_point() else t.dtype).contiguous()
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key not in copies:
+            copies[key] = t.to(device="cpu", dtype=target if t.is_floating_point() else t.dtype,
+                               copy=True).contiguous()
+        out[name] = copies[key]
     return out
 
 
@@ -202,20 +217,29 @@ def read_snapshot(path) -> Snapshot:
     """Read and verify a whole snapshot; any defect raises ``SnapshotError``, nothing partial."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return _read(f, path)
     except OSError as e:
         raise SnapshotError(f"cannot read {path}: {e}") from e
-    return parse_snapshot(data, path)
 
 
 def parse_snapshot(data: bytes, path="<bytes>") -> Snapshot:
-    if len(data) < _TRAILER.size or data[-len(MAGIC):] != MAGIC:
+    """``read_snapshot`` of bytes in memory."""
+    return _read(io.BytesIO(data), path)
+
+
+def _read(f, path) -> Snapshot:
+    size = f.seek(0, io.SEEK_END)
+    if size < _TRAILER.size:
         raise SnapshotError(f"{path} is not a complete snapshot (no end marker)")
-    header_len, header_crc, _ = _TRAILER.unpack(data[-_TRAILER.size:])
-    header_end = len(data) - _TRAILER.size
+    f.seek(size - _TRAILER.size)
+    header_len, header_crc, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != MAGIC:
+        raise SnapshotError(f"{path} is not a complete snapshot (no end marker)")
+    header_end = size - _TRAILER.size
     if header_len > min(_MAX_HEADER_BYTES, header_end):
         raise SnapshotError(f"{path} has a bad header length ({header_len})")
-    header_bytes = data[header_end - header_len:header_end]
+    f.seek(header_end - header_len)
+    header_bytes = f.read(header_len)
     if zlib.crc32(header_bytes) != header_crc:
         raise SnapshotError(f"{path} fails its header checksum")
     try:
@@ -230,7 +254,8 @@ def parse_snapshot(data: bytes, path="<bytes>") -> Snapshot:
             f"{FORMAT_VERSION}: run the same version in every model")
     if payload_bytes != header_end - header_len:
         raise SnapshotError(f"{path} is truncated or padded (payload length mismatch)")
-    payload = memoryview(data)[:payload_bytes]
+    f.seek(0)
+    payload = f.read(payload_bytes)  # a bytes object: BytesIO below shares it, no copy
     if zlib.crc32(payload) != crc:
         raise SnapshotError(f"{path} fails its checksum")
     try:
@@ -244,7 +269,7 @@ def parse_snapshot(data: bytes, path="<bytes>") -> Snapshot:
         return Snapshot(
             model_id=int(header["model_id"]), num_updates=int(header["num_updates"]),
             dtype=str(header["dtype"]), meta=dict(header.get("meta") or {}),
-            state_dict=state_dict, nbytes=len(data),
+            state_dict=state_dict, nbytes=size,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise SnapshotError(f"{path} has an incomplete header: {e}") from e

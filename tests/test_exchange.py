@@ -269,3 +269,21 @@ def test_wait_for_peers_waits_once_at_the_first_exchange_not_at_update_0(tmp_pat
         x1.close()
     finally:
         x0.close()
+
+
+def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
+    shared = torch.nn.Parameter(torch.randn(64, 32))
+    state = {"encoder.embed": shared, "decoder.embed": shared, "decoder.out": shared,
+             "bias": torch.nn.Parameter(torch.zeros(32))}
+    snap_state = ex.cast_state_dict(state, "fp32")
+    # fp32 on the CPU: still a copy, or the writer would save weights being updated
+    assert snap_state["encoder.embed"].data_ptr() != shared.data_ptr()
+    with torch.no_grad():
+        shared.add_(1.0)
+    assert not torch.equal(snap_state["encoder.embed"], shared)
+    # the three tied names share one copy, and the file stores it once
+    assert snap_state["decoder.out"] is snap_state["encoder.embed"]
+    path = ex.write_snapshot(tmp_path, 0, 1, snap_state, dtype="fp32")
+    assert path.stat().st_size < 64 * 32 * 4 * 1.5  # one 8 KB matrix, not three
+    back = ex.read_snapshot(path).state_dict
+    assert torch.allclose(back["decoder.embed"], shared.detach() - 1.0, atol=1e-6)
