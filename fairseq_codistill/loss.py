@@ -63,6 +63,15 @@ def codistill_penalty(
                 f"peer logits have shape {tuple(p.shape)}, expected {tuple(logits.shape)}"
             )
 
+    if mask is not None and mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(logits.shape[:-1])}")
+    if kind == "mse" and reduction != "none" and logits.requires_grad and torch.is_grad_enabled():
+        total = _SummedMSE.apply(logits, mask, *peers)
+        if reduction == "sum":
+            return total
+        count = total.new_tensor(logits.shape[:-1].numel() if mask is None else int(mask.sum()))
+        return total / count.clamp(min=1)
+
     own = logits.float()
     per_position = own.new_zeros(own.shape[:-1])  # (...)
     if kind == "kl":
@@ -80,10 +89,6 @@ def codistill_penalty(
     per_position = per_position / len(peers)
 
     if mask is not None:
-        if mask.shape != per_position.shape:
-            raise ValueError(
-                f"mask has shape {tuple(mask.shape)}, expected {tuple(per_position.shape)}"
-            )
         per_position = per_position.masked_fill(~mask.bool(), 0.0)
     if reduction == "none":
         return per_position
@@ -92,6 +97,54 @@ def codistill_penalty(
         return total
     count = per_position.numel() if mask is None else int(mask.sum())
     return total / max(count, 1)
+
+
+class _SummedMSE(torch.autograd.Function):
+    """The "mse"/"sum" penalty with its gradient computed in the forward pass.
+
+    The penalty is quadratic, so d/d(own) = 2/V * (own - mean_j peer_j) * mask: one fp32
+    (N, V) buffer whatever the number of peers, and the only thing saved for backward (the
+    peers' logits are never saved, so they may be inference tensors). The fp32 work runs a
+    chunk of rows at a time, so no other full-size fp32 temporary exists. Autograd's own
+    version kept the difference and its square alive: 1.25x the memory a peer must cost.
+    """
+
+    CHUNK_BYTES = 64 << 20
+
+    @staticmethod
+    def forward(ctx, own, mask, *peers):
+        vocab = own.shape[-1]
+        own_rows = own.reshape(-1, vocab)  # (N, V)
+        peer_rows = [p.reshape(-1, vocab) for p in peers]
+        keep = None if mask is None else mask.reshape(-1, 1).bool()  # (N, 1)
+        grad = torch.empty(own_rows.shape, dtype=torch.float32, device=own.device)
+        total = torch.zeros((), dtype=torch.float32, device=own.device)
+        step = max(1, _SummedMSE.CHUNK_BYTES // (8 * vocab))
+        for start in range(0, own_rows.shape[0], step):
+            rows = slice(start, start + step)
+            o = own_rows[rows].float()  # (n, V)
+            peer_sum = torch.zeros_like(o)
+            for q in peer_rows:
+                q = q[rows].float()
+                diff = o - q
+                if keep is not None:
+                    diff.mul_(keep[rows])
+                total += diff.pow_(2).sum() / (vocab * len(peers))
+                peer_sum += q
+            g = grad[rows]
+            torch.sub(o, peer_sum.div_(len(peers)), out=g)
+            g.mul_(2.0 / vocab)
+            if keep is not None:
+                g.mul_(keep[rows])
+        ctx.save_for_backward(grad)
+        ctx.shape, ctx.dtype = own.shape, own.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad,) = ctx.saved_tensors
+        grad_own = (grad * grad_total).to(ctx.dtype).view(ctx.shape)
+        return (grad_own, None) + (None,) * (len(ctx.needs_input_grad) - 2)
 
 
 @dataclass(frozen=True)
