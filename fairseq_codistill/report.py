@@ -256,9 +256,11 @@ def markdown_table(rows: Sequence[Row]) -> str:
 def text_table(rows: Sequence[Row]) -> str:
     cells = [HEADER] + [row_cells(r) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(HEADER))]
-    fmt = lambda c: "  ".join(s.ljust(w) if i == 0 else s.rjust(w)  # noqa: E731
-                              for i, (s, w) in enumerate(zip(c, widths)))
-    return "\n".join([fmt(cells[0]), "  ".join("-" * w for w in widths)] + [fmt(c) for c in cells[1:]])
+
+    def line(row: List[str]) -> str:  # labels to the left, numbers to the right
+        return "  ".join(s.ljust(w) if i == 0 else s.rjust(w) for i, (s, w) in enumerate(zip(row, widths)))
+
+    return "\n".join([line(cells[0]), "  ".join("-" * w for w in widths)] + [line(c) for c in cells[1:]])
 
 
 # -- the plots ---------------------------------------------------------------------------
