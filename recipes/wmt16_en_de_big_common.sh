@@ -23,7 +23,8 @@ die() {
 TINY=${TINY:-0}   # 1: a 2-layer, 32-dim model for 40 updates on the CPU, a smoke test of the chain
 if [[ "$TINY" == 1 ]]; then
     : "${NGPU:=0}" "${BATCH:=2}" "${MAX_TOKENS:=512}" "${MAX_UPDATE:=40}" "${WARMUP:=10}" \
-      "${LR:=1e-3}" "${AVG:=2}" "${INTERVAL:=5}" "${LOG_INTERVAL:=5}"
+      "${LR:=1e-3}" "${AVG:=2}" "${INTERVAL:=5}" "${LOG_INTERVAL:=5}" \
+      "${MAX_LEAD:=5}" "${WAIT_FOR_PEERS:=120}"  # CPU jobs start seconds apart: meet at exchanges
 fi
 # GPUs in all (default: all visible); 0 trains on the CPU, every job a single process.
 NGPU=${NGPU:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || true)}
@@ -39,6 +40,8 @@ ALPHA=${ALPHA:-0.1}                   # initial alpha; the paper tuned it per ga
 GAMMA=${GAMMA:-1.1}                   # alpha x GAMMA every epoch (the paper's NMT schedule)
 ALPHA_MAX=${ALPHA_MAX:-}              # optional cap on alpha
 CODISTILL_DIR=${CODISTILL_DIR:-}      # exchange directory, on a filesystem all jobs see
+MAX_LEAD=${MAX_LEAD:-0}               # >0: at each exchange, wait for peers further behind than this
+WAIT_FOR_PEERS=${WAIT_FOR_PEERS:-0}   # seconds to wait for peers (first exchange; each, with MAX_LEAD)
 THREADS_PER_MODEL=${THREADS_PER_MODEL:-}  # CPU jobs: threads each (default: cores / models)
 RESTART_FAILED=${RESTART_FAILED:-0}   # 1: the launcher restarts a dead job from its last checkpoint
 DRY_RUN=${DRY_RUN:-0}                 # 1: print the training command instead of running it
@@ -129,5 +132,6 @@ train_codistill() {
         "${MODEL_ARGS[@]}" --update-freq "$freq" \
         --task codistill_translation --criterion codistill_ce \
         "${schedule[@]}" --codistill-interval "$INTERVAL" \
+        --codistill-max-lead "$MAX_LEAD" --codistill-wait-for-peers "$WAIT_FOR_PEERS" \
         "$@"
 }

@@ -262,7 +262,8 @@ def test_wait_for_peers_waits_once_at_the_first_exchange_not_at_update_0(tmp_pat
         waited = time.monotonic() - t
         timer.join()
         assert 0.4 < waited < 4.0  # returned once the snapshot appeared, not after 5 s
-        assert x0.peers[1].pending is not None  # and is loading it
+        peer = x0.peers[1]  # and is loading it, or already swapped it in
+        assert peer.pending is not None or peer.num_updates == 5
         t = time.monotonic()
         x0.step(10, m0)  # later exchanges never wait
         assert time.monotonic() - t < 1.0

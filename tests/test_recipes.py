@@ -18,7 +18,8 @@ SCRIPTS = sorted(RECIPES.glob("iwslt14_*.sh")) + sorted(RECIPES.glob("wmt16_*.sh
 # fairseq-train flags a run sets once per job, not per model: compared separately below.
 JOB_FLAGS = {"--distributed-world-size", "--update-freq", "--save-dir", "--criterion",
              "--label-smoothing", "--task", "--codistill-alpha", "--codistill-alpha-schedule",
-             "--codistill-gamma", "--codistill-interval"}
+             "--codistill-gamma", "--codistill-interval", "--codistill-max-lead",
+             "--codistill-wait-for-peers"}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
