@@ -335,6 +335,7 @@ class _Peer:
     num_updates: int = -1  # of the snapshot in ``model``
     pending: Optional[concurrent.futures.Future] = None
     pending_updates: int = -1
+    pending_path: str = ""
     rejected: set = field(default_factory=set)  # paths warned about once
 
 
@@ -475,7 +476,7 @@ class PeerExchange:
             if peer.pending is not None:
                 continue  # the previous load is still in flight; it will be swapped first
             peer.pending = self._reader.submit(self._load, int(j), path)
-            peer.pending_updates = updates
+            peer.pending_updates, peer.pending_path = updates, path
 
     def _newest_known(self, j: int, choice: dict) -> int:
         peer = self.peers[j]
@@ -513,15 +514,18 @@ class PeerExchange:
             if self.check_peer is not None:
                 self.check_peer(snap.meta)
             return snap
-        except SnapshotError as e:
-            peer = self.peers[peer_id]
-            if path not in peer.rejected:
-                peer.rejected.add(path)
-                missing_file = isinstance(e.__cause__, FileNotFoundError)
-                (logger.info if missing_file else logger.warning)(
-                    "codistill: skipping peer snapshot: %s; keeping the previous weights of model %d",
-                    e, peer_id)
+        except Exception as e:  # SnapshotError, or anything else: never out of this thread
+            self._reject(peer_id, path, e)
             return None
+
+    def _reject(self, peer_id: int, path: str, error: Exception) -> None:
+        peer = self.peers[peer_id]
+        if path not in peer.rejected:
+            peer.rejected.add(path)
+            missing_file = isinstance(error.__cause__, FileNotFoundError)
+            (logger.info if missing_file else logger.warning)(
+                "codistill: skipping peer snapshot: %s; keeping the previous weights of model %d",
+                error, peer_id)
 
     def _swap_ready(self, model: torch.nn.Module) -> None:
         ids = [j for j, p in self.peers.items() if p.pending is not None]
@@ -537,7 +541,14 @@ class PeerExchange:
             snap = future.result() if s == 1 else None
             if snap is None:
                 continue
-            self._install(peer, snap, model)
+            try:
+                self._install(peer, snap, model)
+            except Exception as e:  # e.g. an architecture this install cannot build
+                # A failed load_state_dict may have copied some tensors: drop the peer
+                # rather than keep half of it; the next good snapshot rebuilds it.
+                peer.model, peer.num_updates = None, -1
+                self._reject(snap.model_id, peer.pending_path,
+                             SnapshotError(f"cannot use {peer.pending_path}: {e}"))
 
     def _install(self, peer: _Peer, snap: Snapshot, model: torch.nn.Module) -> None:
         ref = next(model.parameters())

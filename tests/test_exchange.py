@@ -288,3 +288,24 @@ def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
     assert path.stat().st_size < 64 * 32 * 4 * 1.5  # one 8 KB matrix, not three
     back = ex.read_snapshot(path).state_dict
     assert torch.allclose(back["decoder.embed"], shared.detach() - 1.0, atol=1e-6)
+
+
+def test_a_peer_that_cannot_be_built_is_skipped_and_training_goes_on(tmp_path, caplog):
+    # the snapshot is sound, but this install cannot build its architecture
+    ex.write_snapshot(tmp_path, 1, 5, ex.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
+                      meta={"out": 2})
+    cfg = ex.ExchangeConfig(root=str(tmp_path), model_id=0, num_models=2, interval=5)
+
+    def unknown_arch(meta):
+        raise KeyError("arch 'transformer_xxl' is not registered")
+
+    x0 = ex.PeerExchange(cfg, build_peer=unknown_arch)
+    try:
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+            settle(x0, 5, torch.nn.Linear(3, 2))
+            settle(x0, 10, torch.nn.Linear(3, 2))  # the same file: no second warning
+        warnings = [r.message for r in caplog.records if "skipping peer snapshot" in r.message]
+        assert len(warnings) == 1 and "transformer_xxl" in warnings[0]
+        assert x0.active_peers() == []
+    finally:
+        x0.close()
