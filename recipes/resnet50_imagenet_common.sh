@@ -61,15 +61,15 @@ gpu_slice() {
 }
 
 # run_job LOG DEVICES NPROC ARGS...: one model's torchrun job on GPUs DEVICES, output
-# appended to LOG; with DRY_RUN=1 only printed.
+# appended to LOG; with DRY_RUN=1 only printed, as one line written at once.
 run_job() {
     local log=$1 devices=$2 nproc=$3
     shift 3
     local cmd=("$TORCHRUN" --standalone --nproc-per-node "$nproc" -m fairseq_codistill.vision "$@")
     if [[ "$DRY_RUN" == 1 ]]; then
-        printf 'CUDA_VISIBLE_DEVICES=%s ' "$devices"
-        printf '%q ' "${cmd[@]}"
-        echo
+        local line
+        printf -v line '%q ' "${cmd[@]}"
+        echo "CUDA_VISIBLE_DEVICES=$devices $line"
         return 0
     fi
     mkdir -p "$(dirname "$log")"
@@ -90,18 +90,23 @@ train_codistill() {
     (( NUM_MODELS >= 2 )) || die "NUM_MODELS=$NUM_MODELS: codistillation needs 2 or more"
     (( NGPU % NUM_MODELS == 0 )) \
         || die "NGPU=$NGPU GPUs do not split evenly over NUM_MODELS=$NUM_MODELS models"
-    local per=$(( NGPU / NUM_MODELS )) archs=() pids=() i status=0
+    local per=$(( NGPU / NUM_MODELS )) archs=() pids=() job=() i status=0
     (( NGPU == 0 || per > 0 )) || die "NGPU=$NGPU: fewer GPUs than NUM_MODELS=$NUM_MODELS"
     IFS=, read -r -a archs <<< "${ARCHS:-}"
     trap 'kill "${pids[@]}" 2>/dev/null || true' INT TERM
     for (( i = 0; i < NUM_MODELS; i++ )); do
-        run_job "$SAVE_DIR/model$i/train.log" "$(gpu_slice $(( i * per )) "$per")" "$(( per > 0 ? per : 1 ))" \
-            "${COMMON_ARGS[@]}" --arch "${archs[i]:-$ARCH}" --preset "$PRESET" \
-            --save-dir "$SAVE_DIR/model$i" \
-            --codistill-dir "$CODISTILL_DIR" --codistill-id "$i" --codistill-num-models "$NUM_MODELS" \
-            --codistill-interval "$INTERVAL" --codistill-alpha "$ALPHA" \
-            "$@" &
-        pids+=("$!")
+        job=("$SAVE_DIR/model$i/train.log" "$(gpu_slice $(( i * per )) "$per")" "$(( per > 0 ? per : 1 ))"
+            "${COMMON_ARGS[@]}" --arch "${archs[i]:-$ARCH}" --preset "$PRESET"
+            --save-dir "$SAVE_DIR/model$i"
+            --codistill-dir "$CODISTILL_DIR" --codistill-id "$i" --codistill-num-models "$NUM_MODELS"
+            --codistill-interval "$INTERVAL" --codistill-alpha "$ALPHA"
+            "$@")
+        if [[ "$DRY_RUN" == 1 ]]; then
+            run_job "${job[@]}"  # in model order: background jobs would race to stdout
+        else
+            run_job "${job[@]}" &
+            pids+=("$!")
+        fi
     done
     for i in "${!pids[@]}"; do
         wait "${pids[i]}" || { status=$?; echo "$(basename "$0"): model $i failed (exit $status)" >&2; }

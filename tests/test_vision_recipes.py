@@ -43,6 +43,9 @@ def test_codistill_recipe_gives_each_model_half_the_gpus(tmp_path):
 def test_recipes_reject_a_bad_split_and_missing_data(tmp_path):
     proc = recipe("resnet50_imagenet_codistill.sh", NGPU=3, DATA=tmp_path, SAVE_DIR=tmp_path, DRY_RUN=1)
     assert proc.returncode == 1 and "NGPU=3 GPUs do not split evenly over NUM_MODELS=2" in proc.stderr
+    proc = recipe("resnet50_imagenet_codistill.sh", NGPU=8, CUDA_VISIBLE_DEVICES="0,1", DATA=tmp_path,
+                  SAVE_DIR=tmp_path, DRY_RUN=1)
+    assert proc.returncode == 1 and "NGPU=8 but only 2 GPU(s) are visible" in proc.stderr
     proc = recipe("resnet50_imagenet_allreduce.sh", NGPU=1, SAVE_DIR=tmp_path, DRY_RUN=1)
     assert proc.returncode == 1 and "set DATA to the ImageNet root" in proc.stderr
 
