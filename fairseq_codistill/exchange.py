@@ -30,6 +30,7 @@ import os
 import re
 import struct
 import tempfile
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -90,17 +91,25 @@ def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]
 
 
 class _CRCWriter(io.RawIOBase):
-    """A write-only file wrapper that keeps the CRC-32 and length of what went through."""
+    """A write-only file wrapper that keeps the CRC-32 and length of what went through.
+
+    ``on_first_write`` runs before the first byte goes through: by then torch.save has
+    opened its zip writer (see ``_save_without_zip_crc``).
+    """
 
     CHUNK = 1 << 20  # torch.save hands over whole tensors; one huge write() can stall a disk
 
-    def __init__(self, f):
+    def __init__(self, f, on_first_write: Optional[Callable[[], None]] = None):
         self.f, self.crc, self.nbytes = f, 0, 0
+        self.on_first_write = on_first_write
 
     def writable(self):
         return True
 
     def write(self, b):
+        if self.on_first_write is not None:
+            self.on_first_write, first = None, self.on_first_write
+            first()
         view = memoryview(b).cast("B")
         for start in range(0, len(view), self.CHUNK):
             piece = view[start:start + self.CHUNK]
@@ -159,6 +168,40 @@ def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str) -> Dict[str
     return out
 
 
+_ZIP_CRC_LOCK = threading.Lock()
+
+
+def _save_without_zip_crc(state_dict, f) -> _CRCWriter:
+    """``torch.save(state_dict)`` into ``f`` through a ``_CRCWriter``, without torch's zip CRCs.
+
+    torch.save computes a CRC-32 of every zip record, a second pass over hundreds of MB
+    that costs more than the disk write of a snapshot on a busy CPU, and that nothing
+    reads back: torch.load does not verify it (a flipped byte loads silently with or
+    without it). Our CRC-32 covers the same bytes and is checked. The switch is
+    process-wide, but torch reads it once, when a save opens its zip writer, so it is off
+    only from here to our first byte: a save started by another thread in that window
+    would still load, just without zip CRCs.
+    """
+    if not hasattr(torch.serialization, "set_crc32_options"):  # an older torch: no switch
+        crc_f = _CRCWriter(f)
+        torch.save(state_dict, crc_f)
+        return crc_f
+    with _ZIP_CRC_LOCK:
+        previous = torch.serialization.get_crc32_options()
+
+        def restore():
+            torch.serialization.set_crc32_options(previous)
+
+        crc_f = _CRCWriter(f, on_first_write=restore)
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(state_dict, crc_f)
+        finally:
+            if crc_f.on_first_write is not None:  # failed before writing anything
+                restore()
+    return crc_f
+
+
 def write_snapshot(root, model_id: int, num_updates: int, state_dict: Dict[str, torch.Tensor],
                    meta: Optional[dict] = None, dtype: str = "fp16", keep: int = KEEP) -> Path:
     """Publish ``state_dict`` (already on the CPU in ``dtype``, see ``cast_state_dict``)."""
@@ -169,8 +212,7 @@ def write_snapshot(root, model_id: int, num_updates: int, state_dict: Dict[str, 
     path = directory / f"snapshot-{num_updates:010d}.cds"
 
     def write(f):
-        crc_f = _CRCWriter(f)
-        torch.save(state_dict, crc_f)
+        crc_f = _save_without_zip_crc(state_dict, f)
         header = json.dumps({
             "format_version": FORMAT_VERSION,
             "model_id": model_id,

@@ -1,8 +1,11 @@
 """The snapshot exchange in-process: file format, atomicity, pruning, and PeerExchange."""
 import contextlib
+import io
 import json
 import logging
 import os
+import threading
+import zipfile
 import zlib
 
 import pytest
@@ -36,6 +39,29 @@ def test_fp16_snapshot_is_about_half_the_fp32_bytes(tmp_path):
     half = ex.write_snapshot(tmp_path, 1, 1, ex.cast_state_dict(state, "fp16"), dtype="fp16").stat().st_size
     # 65536 params: 262144 bytes in fp32, 131072 in fp16, plus the same small overhead
     assert 0.49 < half / full < 0.52
+
+
+def test_torch_zip_crcs_are_off_for_a_snapshot_only(tmp_path):
+    """Ours checks the payload; torch's own zip CRCs would be a second pass nobody reads."""
+    def payload_crcs(path):
+        return {i.CRC for i in zipfile.ZipFile(io.BytesIO(path.read_bytes())).infolist() if i.file_size}
+
+    for before in (True, False):
+        torch.serialization.set_crc32_options(before)
+        try:
+            path = ex.write_snapshot(tmp_path, 0, 1, ex.cast_state_dict(tiny_state(), "fp32"), dtype="fp32")
+            assert torch.serialization.get_crc32_options() is before  # the switch is restored
+            with pytest.raises(TypeError):  # a save that fails before its first byte
+                ex.write_snapshot(tmp_path, 0, 2, {"w": threading.Lock()}, dtype="fp32")
+            assert torch.serialization.get_crc32_options() is before
+        finally:
+            torch.serialization.set_crc32_options(True)
+        assert payload_crcs(path) == {0}  # zip readers tolerate the trailer after the zip
+        assert torch.equal(ex.read_snapshot(path).state_dict["w"], tiny_state()["w"])
+    # a checkpoint saved afterwards keeps its zip CRCs
+    torch.save(tiny_state(), tmp_path / "checkpoint.pt")
+    assert zipfile.ZipFile(tmp_path / "checkpoint.pt").testzip() is None
+    assert 0 not in {i.CRC for i in zipfile.ZipFile(tmp_path / "checkpoint.pt").infolist() if i.file_size}
 
 
 def test_pruning_keeps_the_newest_two_and_temp_files_are_never_listed(tmp_path):
