@@ -175,8 +175,8 @@ def _save_without_zip_crc(state_dict, f) -> _CRCWriter:
     """``torch.save(state_dict)`` into ``f`` through a ``_CRCWriter``, without torch's zip CRCs.
 
     torch.save computes a CRC-32 of every zip record, a second pass over hundreds of MB
-    that costs more than the disk write of a snapshot on a busy CPU, and that nothing
-    reads back: torch.load does not verify it (a flipped byte loads silently with or
+    (0.04 s per 80 MB on the development machine, 40% of writing them to disk) that
+    nothing reads back: torch.load does not verify it (a flipped byte loads silently with or
     without it). Our CRC-32 covers the same bytes and is checked. The switch is
     process-wide, but torch reads it once, when a save opens its zip writer, so it is off
     only from here to our first byte: a save started by another thread in that window
