@@ -275,20 +275,20 @@ def main(argv=None):
     # that dtype's size (per-byte speed falls with size once dirty pages are throttled).
     disk = {d: {k: [size[d] / 1e6 / x for x in io_t[d][k]] for k in ("disk_write", "disk_read")}
             for d in args.dtypes}
-    rates = {}
+    fractions = {}
     for d in args.dtypes:
         t = {k: common.median(v) for k, v in io_t[d].items()}
         mb = size[d] / 1e6
-        rates[d] = (mb / t["write"], mb / t["read"])
+        write_rate, read_rate = mb / t["write"], mb / t["read"]
         print(f"size  snapshot {d:<5s} {common.fmt_bytes(size[d]):>10s}   cast {t['cast']:.3f} s, "
-              f"write {t['write']:.3f} s ({rates[d][0]:.0f} MB/s), read {t['read']:.3f} s "
-              f"({rates[d][1]:.0f} MB/s); medians of {len(io_t[d]['write'])}")
+              f"write {t['write']:.3f} s ({write_rate:.0f} MB/s), read {t['read']:.3f} s "
+              f"({read_rate:.0f} MB/s); medians of {len(io_t[d]['write'])}")
         w, r = disk[d]["disk_write"], disk[d]["disk_read"]
         print(f"disk  same size   write {common.median(w):.0f} MB/s ({common.spread(w)}), "
               f"read {common.median(r):.0f} MB/s ({common.spread(r)})")
+        fractions[d] = (write_rate / common.median(w), read_rate / common.median(r))
     for d in args.dtypes:
-        w = rates[d][0] / common.median(disk[d]["disk_write"])
-        r = rates[d][1] / common.median(disk[d]["disk_read"])
+        w, r = fractions[d]
         print(common.ratio_line(f"write_fraction_{d}", w, "snapshot write MB/s / disk write MB/s",
                                 ">= 0.5", w >= 0.5))
         print(common.ratio_line(f"read_fraction_{d}", r, "snapshot read MB/s / disk read MB/s",

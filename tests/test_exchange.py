@@ -43,7 +43,7 @@ def test_fp16_snapshot_is_about_half_the_fp32_bytes(tmp_path):
 
 def test_torch_zip_crcs_are_off_for_a_snapshot_only(tmp_path):
     """Ours checks the payload; torch's own zip CRCs would be a second pass nobody reads."""
-    def payload_crcs(path):
+    def zip_crcs(path):  # of the records with data; a snapshot's zip is followed by our trailer
         return {i.CRC for i in zipfile.ZipFile(io.BytesIO(path.read_bytes())).infolist() if i.file_size}
 
     for before in (True, False):
@@ -56,12 +56,12 @@ def test_torch_zip_crcs_are_off_for_a_snapshot_only(tmp_path):
             assert torch.serialization.get_crc32_options() is before
         finally:
             torch.serialization.set_crc32_options(True)
-        assert payload_crcs(path) == {0}  # zip readers tolerate the trailer after the zip
+        assert zip_crcs(path) == {0}
         assert torch.equal(ex.read_snapshot(path).state_dict["w"], tiny_state()["w"])
     # a checkpoint saved afterwards keeps its zip CRCs
     torch.save(tiny_state(), tmp_path / "checkpoint.pt")
     assert zipfile.ZipFile(tmp_path / "checkpoint.pt").testzip() is None
-    assert 0 not in {i.CRC for i in zipfile.ZipFile(tmp_path / "checkpoint.pt").infolist() if i.file_size}
+    assert 0 not in zip_crcs(tmp_path / "checkpoint.pt")
 
 
 def test_pruning_keeps_the_newest_two_and_temp_files_are_never_listed(tmp_path):
