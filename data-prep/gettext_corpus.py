@@ -13,6 +13,7 @@ writes ``DIR/{train,valid,test}.{de,en}`` (one sentence a line, aligned) and exi
 non-zero, saying why, when the catalogs give fewer than ``--min-pairs`` pairs.
 """
 import argparse
+import os
 import random
 import re
 import struct
@@ -110,18 +111,23 @@ def collect(catalogs: List[Path], src_is_english: bool, max_chars: int) -> Tuple
     return list(pairs.items()), stats
 
 
-def split(pairs: List[Tuple[str, str]], valid: int, test: int, seed: int) -> Dict[str, List[Tuple[str, str]]]:
+def split(pairs: List[Tuple[str, str]], valid: int, test: int, seed: int,
+          train_fraction: float = 1.0) -> Dict[str, List[Tuple[str, str]]]:
+    """valid, test, then train (written last: its presence marks a finished split). A
+    train fraction keeps the same valid and test pairs and the first part of train."""
     order = sorted(pairs)  # independent of catalog order, then shuffled by the seed
     random.Random(seed).shuffle(order)
-    return {"valid": order[:valid], "test": order[valid:valid + test], "train": order[valid + test:]}
+    train = order[valid + test:]
+    train = train[:max(1, round(len(train) * train_fraction))]
+    return {"valid": order[:valid], "test": order[valid:valid + test], "train": train}
 
 
 def write_split(out: Path, name: str, pairs: List[Tuple[str, str]], src: str, tgt: str) -> None:
-    with open(out / f"{name}.{src}", "w", encoding="utf-8") as fs, \
-            open(out / f"{name}.{tgt}", "w", encoding="utf-8") as ft:
-        for source, target in pairs:
-            fs.write(source + "\n")
-            ft.write(target + "\n")
+    """NAME.SRC and NAME.TGT, each under a temporary name until complete (TGT last)."""
+    for lang, side in ((src, 0), (tgt, 1)):
+        tmp = out / f"{name}.{lang}.tmp"
+        tmp.write_text("".join(pair[side] + "\n" for pair in pairs), encoding="utf-8")
+        os.replace(tmp, out / f"{name}.{lang}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--valid", type=int, default=1000, help="pairs held out for validation")
     p.add_argument("--test", type=int, default=1000, help="pairs held out for the BLEU test")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--train-fraction", type=float, default=1.0,
+                   help="keep this fraction of the training pairs (valid and test unchanged): "
+                        "the paper's less-data regime, where models overfit")
     p.add_argument("--max-chars", type=int, default=200,
                    help="longer strings (long help texts) are dropped: they dominate CPU batches")
     p.add_argument("--min-pairs", type=int, default=10000,
@@ -152,6 +161,8 @@ def main(argv=None) -> int:
     print(f"{len(catalogs)} catalogs in {args.locale_dir / args.lang / 'LC_MESSAGES'}: "
           f"{stats['entries']} translated entries, {len(pairs)} pairs kept; dropped: "
           + (", ".join(f"{k} {v}" for k, v in sorted(stats.items()) if k != "entries") or "none"))
+    if not 0 < args.train_fraction <= 1:
+        sys.exit(f"--train-fraction must be in (0, 1] (got {args.train_fraction})")
     needed = max(args.min_pairs, args.valid + args.test + 1)
     if len(pairs) < needed:
         print(f"error: only {len(pairs)} usable {src}-{tgt} pairs from {len(catalogs)} gettext "
@@ -160,7 +171,7 @@ def main(argv=None) -> int:
               "or pick another language.", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, part in split(pairs, args.valid, args.test, args.seed).items():
+    for name, part in split(pairs, args.valid, args.test, args.seed, args.train_fraction).items():
         write_split(args.out, name, part, src, tgt)
         print(f"  {name}: {len(part)} pairs")
     return 0

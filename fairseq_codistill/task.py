@@ -56,7 +56,10 @@ class CodistillTranslationConfig(TranslationConfig):
         default=-1, metadata={"help": "this model's id, 0 .. num-models-1; required"}
     )
     codistill_num_models: int = field(
-        default=2, metadata={"help": "number of models codistilling together (>= 2)"}
+        default=2,
+        metadata={"help": "number of models codistilling together (>= 2); 1 trains alone, with "
+                  "no exchange and no --codistill-dir, logging the same metrics (param_dist): "
+                  "the lone control and the all-reduce baseline of a study"},
     )
     codistill_topology: ChoiceEnum(TOPOLOGIES) = field(
         default="all",
@@ -143,8 +146,14 @@ class CodistillTranslationTask(TranslationTask):
 
     @classmethod
     def setup_task(cls, cfg: CodistillTranslationConfig, **kwargs):
-        exchange_config(cfg).validate()
-        check_exchange_dir(cfg.codistill_dir)
+        if cfg.codistill_num_models == 1:
+            if cfg.codistill_dir:
+                raise ValueError(f"--codistill-dir {cfg.codistill_dir} with --codistill-num-models 1: "
+                                 "a model trained alone exchanges nothing; drop one of the two")
+            logger.info("codistill: --codistill-num-models 1, training alone (no peers)")
+        else:
+            exchange_config(cfg).validate()
+            check_exchange_dir(cfg.codistill_dir)
         allow_fairseq_checkpoints()
         if cfg.restore_file == "checkpoint_last.pt" and distributed_utils.get_global_rank() == 0:
             repair_checkpoint_last(cfg.save_dir)  # before the trainer loads it
@@ -154,6 +163,7 @@ class CodistillTranslationTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         self.exchange: Optional[PeerExchange] = None
         self.model = None
+        self.num_updates = 0  # of the update being taken, as fairseq numbers them
         self.init_params = None  # fp32 CPU copy of the initial weights, for param_dist
         self.epoch, self.num_lr_decays, self.epoch_lr = 1, 0, None
         self._lr_epoch = 0  # the epoch whose starting LR is in epoch_lr
@@ -162,17 +172,18 @@ class CodistillTranslationTask(TranslationTask):
     # -- the model we train and its exchange -----------------------------------------
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
-        if self.exchange is None:  # the first model built is ours; peers come later
+        if self.model is None:  # the first model built is ours; peers come later
             self.model = model
-            self.exchange = PeerExchange(
-                exchange_config(self.cfg),
-                build_peer=self._build_peer,
-                meta=model_meta(cfg, self.tgt_dict),
-                check_peer=self._check_peer,
-                group=distributed_utils.get_data_parallel_group()
-                if torch.distributed.is_initialized() else None,
-            )
-            if self.exchange.is_writer:
+            if self.cfg.codistill_num_models > 1:
+                self.exchange = PeerExchange(
+                    exchange_config(self.cfg),
+                    build_peer=self._build_peer,
+                    meta=model_meta(cfg, self.tgt_dict),
+                    check_peer=self._check_peer,
+                    group=distributed_utils.get_data_parallel_group()
+                    if torch.distributed.is_initialized() else None,
+                )
+            if distributed_utils.get_global_rank() == 0:
                 # Built before any checkpoint is loaded and seeded by --seed, so a
                 # resumed job gets the same initial weights back.
                 self.init_params = {n: p.detach().float().cpu().clone()
@@ -210,6 +221,7 @@ class CodistillTranslationTask(TranslationTask):
 
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._count_lr_decays(optimizer.get_lr())
+        self.num_updates = update_num
         if self.exchange is not None:
             self.exchange.step(update_num, self.model)
         if hasattr(criterion, "set_progress"):
@@ -226,15 +238,16 @@ class CodistillTranslationTask(TranslationTask):
 
     def reduce_metrics(self, logging_outputs, criterion):
         super().reduce_metrics(logging_outputs, criterion)
-        training = any("codistill_count" in log for log in logging_outputs)
-        if not training or self.exchange is None:
+        # Training steps only: validation runs with the model in eval mode.
+        if self.model is None or not self.model.training:
             return
-        staleness = self.exchange.staleness()
-        if staleness is not None:
-            metrics.log_scalar("peer_staleness", staleness, weight=0, round=1)
-        metrics.log_scalar("codistill_bytes", self.exchange.bytes_read, weight=0, round=0)
+        if self.exchange is not None:
+            staleness = self.exchange.staleness()
+            if staleness is not None:
+                metrics.log_scalar("peer_staleness", staleness, weight=0, round=1)
+            metrics.log_scalar("codistill_bytes", self.exchange.bytes_read, weight=0, round=0)
         # Logged with weight 0: the meter shows the last value, computed at log intervals.
-        updates = self.exchange.last_step + 1  # the update this step completes
+        updates = self.num_updates + 1  # the update this step completes
         if self.init_params is not None and updates % max(self.cfg.log_interval, 1) == 0:
             metrics.log_scalar("param_dist", self.param_dist(), weight=0, round=3)
 
