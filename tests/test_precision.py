@@ -1,0 +1,82 @@
+"""fairseq_codistill.precision: fast-bf16 detection and fairseq-train --cpu --bf16."""
+import argparse
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import TINY_TRAIN, run, tool
+from fairseq_codistill import precision
+
+MKLDNN_BF16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_cpu_flags_reads_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx512f amx_bf16 avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu\n")
+    assert precision.cpu_flags(info) == {"fpu", "avx512f", "amx_bf16", "avx512_bf16"}
+    assert precision.cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize("flags, fast", [
+    ({"avx512f", "avx2"}, False),            # bf16 emulated through fp32: slower
+    ({"avx512f", "avx512_bf16"}, MKLDNN_BF16),
+    ({"amx_bf16", "amx_tile"}, MKLDNN_BF16),
+])
+def test_fast_bf16_on_a_cpu_needs_bf16_instructions(flags, fast):
+    assert precision.fast_bf16("cpu", frozenset(flags)) is fast
+    assert precision.fast_half("cpu", frozenset(flags)) == ("bf16" if fast else "fp32")
+
+
+def test_the_command_prints_what_fast_half_says():
+    proc = run([sys.executable, "-m", "fairseq_codistill.precision"], timeout=60)
+    assert proc.stdout.strip() == precision.fast_half("cpu") in ("bf16", "fp32")
+
+
+def common(**flags):
+    return OmegaConf.create({"common": {"cpu": False, "bf16": False, "tpu": False, **flags}})
+
+
+def test_cpu_bf16_clears_the_tpu_that_fairseq_implies():
+    cfg = common(cpu=True, bf16=True, tpu=True)
+    assert precision.clear_tpu_for_cpu_bf16(cfg) is True
+    assert cfg.common.tpu is False and cfg.common.bf16 is True
+    ns = argparse.Namespace(cpu=True, bf16=True, tpu=True)  # fairseq's args before conversion
+    assert precision.clear_tpu_for_cpu_bf16(ns) is True and ns.tpu is False
+
+
+@pytest.mark.parametrize("flags", [
+    dict(cpu=False, bf16=True, tpu=True),   # a real TPU run (or a GPU asked for --bf16)
+    dict(cpu=True, bf16=False, tpu=True),   # --tpu --cpu: not ours to judge
+    dict(cpu=True, bf16=False, tpu=False),
+])
+def test_other_runs_pass_through_untouched(flags):
+    cfg = common(**flags)
+    assert precision.clear_tpu_for_cpu_bf16(cfg) is False
+    assert cfg.common.tpu is flags["tpu"]
+
+
+def test_the_fix_is_installed_once_when_fairseq_is_loaded():
+    import fairseq_codistill  # noqa: F401  registers with fairseq
+    from fairseq.distributed import utils as distributed_utils
+
+    wrapped = distributed_utils.call_main
+    assert wrapped._codistill_cpu_bf16
+    precision.install_cpu_bf16_fix()
+    assert distributed_utils.call_main is wrapped
+
+
+@pytest.mark.e2e
+def test_fairseq_train_cpu_bf16_trains_in_bf16(data_bin, tmp_path):
+    save = tmp_path / "ck"
+    proc = run([tool("fairseq-train"), data_bin, *TINY_TRAIN, "--bf16", "--task", "translation",
+                "--criterion", "codistill_ce", "--max-update", "10", "--save-dir", save,
+                "--no-epoch-checkpoints"], timeout=120)
+    out = proc.stdout + proc.stderr
+    assert "training bf16 on the CPU" in out
+    assert "num_updates" in out and "done training" in out
+    state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    # fairseq saves weights as fp32 whatever the training dtype; the config says bf16.
+    assert state["cfg"]["common"]["bf16"] is True and state["cfg"]["common"]["tpu"] is False
