@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from fairseq_codistill import logs
 from fairseq_codistill.exchange import atomic_write
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent)
@@ -45,6 +46,9 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument("--save-dir", required=True, help="job i saves to SAVE_DIR/model{i}")
     parser.add_argument("--gpus-per-model", type=int, default=None,
                         help="GPUs per job (default: visible GPUs // num-models; 0 = CPU)")
+    parser.add_argument("--share-gpus", action="store_true",
+                        help="more models than GPUs: job i runs on visible GPU i mod #GPUs, one "
+                             "each (small models of a study sharing one GPU)")
     parser.add_argument("--threads-per-model", type=int, default=None,
                         help="CPU jobs: OMP/MKL threads each (default: cores // num-models)")
     parser.add_argument("--restart-failed", action="store_true",
@@ -61,6 +65,8 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error(f"--num-models must be >= 2 (got {args.num_models})")
     if args.max_restarts < 0:
         parser.error(f"--max-restarts must be >= 0 (got {args.max_restarts})")
+    if args.share_gpus and args.gpus_per_model not in (None, 1):
+        parser.error(f"--share-gpus runs each model on one GPU (got --gpus-per-model {args.gpus_per_model})")
     if args.gpus_per_model is not None and args.gpus_per_model < 0:
         parser.error(f"--gpus-per-model must be >= 0 (got {args.gpus_per_model})")
     if args.threads_per_model is not None and args.threads_per_model < 1:
@@ -142,6 +148,11 @@ def describe_exit(code: Optional[int]) -> str:
 def build_jobs(args, train_args: List[str]) -> List[Job]:
     gpus = visible_gpus()
     gpus_per_model = args.gpus_per_model
+    if args.share_gpus:
+        if not gpus:
+            raise SystemExit("fairseq-codistill-launch: --share-gpus, but no GPU is visible")
+        gpus_per_model = 1
+        gpus = [gpus[i % len(gpus)] for i in range(args.num_models)]
     if gpus_per_model is None:
         gpus_per_model = len(gpus) // args.num_models
     if gpus_per_model * args.num_models > len(gpus):
@@ -257,28 +268,18 @@ class Launcher:
             return
         end = chunk.rfind(b"\n") + 1  # only whole lines
         job.log_offset += end
-        for line in chunk[:end].decode(errors="replace").splitlines():
-            for tag in ("train_inner", "train", "valid"):
-                marker = f"| {tag} | "
-                if marker in line:
-                    try:
-                        record = json.loads(line.split(marker, 1)[1])
-                    except ValueError:
-                        continue
-                    prefix = "valid_" if tag == "valid" else ("train_" if tag == "train" else "")
-                    job.progress.update({k[len(prefix):]: v for k, v in record.items()}
-                                        if tag != "valid" else
-                                        {"valid_nll": record.get("valid_nll_loss")})
+        for tag, record in logs.records(chunk[:end].decode(errors="replace")):
+            job.progress.update(record if tag != "valid" else {"valid_nll": record.get("nll_loss")})
 
     def progress_line(self, job: Job) -> str:
         p = job.progress
         parts = [f"model{job.index}", job.status]
         if "num_updates" in p:
-            parts.append(f"update {p['num_updates']}" + (f"/{self.max_update}" if self.max_update else ""))
+            parts.append(f"update {p['num_updates']:g}" + (f"/{self.max_update}" if self.max_update else ""))
         for key, label in (("epoch", "epoch"), ("loss", "loss"), ("codistill_loss", "codistill"),
                            ("alpha", "alpha"), ("valid_nll", "valid nll")):
-            if p.get(key) is not None:
-                parts.append(f"{label} {p[key]}")
+            if isinstance(p.get(key), float):  # as fairseq rounded it
+                parts.append(f"{label} {p[key]:g}")
         if job.restarts:
             parts.append(f"restarts {job.restarts}")
         return " | ".join(parts)

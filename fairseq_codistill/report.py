@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-# fairseq prints a JSON record as "<time> | INFO | <tag> | {...}"
-RECORD = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+from fairseq_codistill import logs
+
 PARAMS = re.compile(r"num\. (?:shared )?model params: ([\d,]+)")
 DONE = re.compile(r"done training in ([\d.]+) seconds")
 CONFIG_INT = r"'{}': (\d+)"
@@ -40,42 +40,27 @@ class Series:
     setup: Dict[str, object] = field(default_factory=dict)        # params, criterion ...
     done_seconds: Optional[float] = None
     eval: Optional[dict] = None
+    kind: Optional[str] = None  # "codistill" or another kind of run, when known from elsewhere
 
     @property
     def codistilled(self) -> bool:
+        if self.kind is not None:
+            return self.kind == "codistill"
         return any("codistill_loss" in r for r in self.inner)
 
 
 # -- reading logs ------------------------------------------------------------------------
-def _number(value):
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _strip(record: dict, prefix: str) -> Dict[str, float]:
-    """fairseq prefixes epoch records with train_ and validation ones with valid_."""
-    return {(k[len(prefix):] if k.startswith(prefix) else k): _number(v) for k, v in record.items()}
-
-
 def parse_log(text: str, label: str, path: Optional[Path] = None) -> Series:
     """All JSON records of one fairseq-train log; torn or foreign lines are skipped."""
     series = Series(label, path)
+    by_tag = {"train_inner": series.inner, "train": series.epochs, "valid": series.valid}
     for line in text.splitlines():
-        match = RECORD.search(line)
-        if match:
-            try:
-                record = json.loads(match.group(2))
-            except ValueError:  # a line still being written
-                continue
-            tag = match.group(1)
-            if tag == "train_inner":
-                series.inner.append(_strip(record, ""))
-            elif tag == "train":
-                series.epochs.append(_strip(record, "train_"))
-            else:
-                series.valid.append(_strip(record, "valid_"))
+        parsed = logs.parse_line(line)
+        if parsed is not None:
+            tag, record = parsed
+            if "nll_loss" not in record and series.setup.get("criterion") == "cross_entropy":
+                record["nll_loss"] = record.get("loss")  # it logs the NLL as loss alone
+            by_tag[tag].append(record)
             continue
         if "model params" in line and "params" not in series.setup:
             found = PARAMS.search(line)
@@ -334,11 +319,34 @@ def setup_line(series: Series) -> str:
         (f" (`{series.path}`)" if series.path else "")
 
 
+def comparison(rows: Sequence[Row]) -> List[str]:
+    """What codistillation adds over the model trained alone (row ``control``) and how far
+    it is from all-reduce (row ``baseline``), in val NLL: empty without those rows."""
+    models = [r for r in rows if MODEL_DIR.match(r.label.rsplit("/", 1)[-1]) and r.valid_nll is not None]
+    by_label = {r.label: r for r in rows}
+    if not models:
+        return []
+    mean = sum(r.valid_nll for r in models) / len(models)
+    lines = [f"codistilled models: mean val NLL {mean:.3f} over {len(models)} "
+             f"(best {min(r.valid_nll for r in models):.3f})"]
+    for label, what in (("control", "the same model trained alone"), ("baseline", "all-reduce")):
+        other = by_label.get(label)
+        if other is not None and other.valid_nll is not None:
+            diff = mean - other.valid_nll
+            verdict = "better" if diff < 0 else "worse"
+            lines.append(f"vs {what} ({label}, {other.valid_nll:.3f}): {diff:+.3f} ({verdict})")
+    return lines if len(lines) > 1 else []
+
+
 def write_report(out: Path, series: Sequence[Series], allreduce_workers: Optional[int] = None) -> List[Row]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [table_row(s, allreduce_workers) for s in series]
     plots = write_plots(out, series)
-    lines = ["# Codistillation report", "", markdown_table(rows), "",
+    summary = comparison(rows)
+    lines = ["# Codistillation report", "", markdown_table(rows), ""]
+    if summary:
+        lines += [f"**{summary[0]}**"] + [f"- {line}" for line in summary[1:]] + [""]
+    lines += [
              "- *updates*: the last update logged; *train loss*: the criterion's loss "
              "(with label smoothing or the codistillation term), *train NLL*: its "
              "cross-entropy part, both the last logged average (the final epoch's, or the "
@@ -365,8 +373,11 @@ def write_report(out: Path, series: Sequence[Series], allreduce_workers: Optiona
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fairseq-codistill-report", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN_DIR",
                    help="a directory with train.log, or with model*/train.log")
+    p.add_argument("--study", type=Path, default=None, metavar="DIR",
+                   help="summarise a study instead: runs with a study.json under DIR (recipes/study.sh), "
+                        "mean and spread over seeds and the paper's claims, into OUT/study.md")
     p.add_argument("--out", "-o", type=Path, default=Path("report"), help="output folder (default: report)")
     p.add_argument("--allreduce-workers", type=int, default=None,
                    help="count a single-process baseline as W all-reduce workers in 'bytes received' "
@@ -376,6 +387,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.study is not None:
+        from fairseq_codistill.study import load_study, write_study_report
+
+        groups = load_study(args.study)
+        if not groups:
+            sys.exit(f"fairseq-codistill-report: --study {args.study}: no run with a study.json and a "
+                     "validation record under it")
+        print(write_study_report(args.out, groups))
+        print(f"\nreport: {args.out / 'study.md'}")
+        return 0
+    if not args.runs:
+        sys.exit("fairseq-codistill-report: give RUN_DIR(s), or --study DIR")
     if args.allreduce_workers is not None and args.allreduce_workers < 1:
         sys.exit(f"--allreduce-workers must be >= 1 (got {args.allreduce_workers})")
     try:
@@ -384,6 +407,9 @@ def main(argv=None) -> int:
         sys.exit(f"fairseq-codistill-report: {e}")
     rows = write_report(args.out, series, args.allreduce_workers)
     print(text_table(rows))
+    summary = comparison(rows)
+    if summary:
+        print("\n" + "\n  ".join(summary))
     print(f"\nreport: {args.out / 'report.md'}")
     return 0
 

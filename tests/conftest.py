@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny generated parallel corpus, binarised once per session, and
 a helper that runs fairseq's command-line tools with the plugin on the CPU."""
-import json
 import os
 import random
 import subprocess
@@ -8,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from fairseq_codistill import logs
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = str(REPO / "fairseq_codistill")
@@ -50,13 +51,9 @@ def run(cmd, timeout=300, check=True, **kw) -> subprocess.CompletedProcess:
 
 
 def json_logs(text: str, tag: str = "train_inner"):
-    """The JSON records fairseq logs (--log-format json) under ``tag``."""
-    out = []
-    for line in text.splitlines():
-        marker = f"| {tag} | "
-        if marker in line:
-            out.append(json.loads(line.split(marker, 1)[1]))
-    return out
+    """The JSON records fairseq logs (--log-format json) under ``tag``: numbers as floats,
+    keys without their train_/valid_ prefix (fairseq_codistill.logs)."""
+    return [record for _, record in logs.records(text, tag)]
 
 
 def make_parallel_text(directory: Path, sizes=(("train", 400), ("valid", 40), ("test", 40)), seed=0):

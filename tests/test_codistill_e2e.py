@@ -44,9 +44,9 @@ def check_codistilled(log, peers):
     for j in peers:
         assert len([p for p, _ in loads if p == j]) >= 2, f"model {j} read fewer than twice"
     inner = json_logs(log)
-    with_peer = [r for r in inner if r.get("num_peers") not in (None, "0")]
+    with_peer = [r for r in inner if r.get("num_peers") not in (None, 0)]
     assert with_peer, "never trained with a peer"
-    assert all(float(r["codistill_loss"]) > 0 for r in with_peer)
+    assert all(r["codistill_loss"] > 0 for r in with_peer)
     assert all("alpha" in r for r in inner)
     staleness = [float(r["peer_staleness"]) for r in inner if "peer_staleness" in r]
     # With --codistill-max-lead K a peer's snapshot is at most K behind when read, and it
@@ -95,9 +95,9 @@ def test_resume_keeps_alpha_and_peer_state(data_bin, tmp_path):
     resumed = log.split("fairseq-codistill-launch: start", 2)[-1]  # the second run
     assert "Loaded checkpoint" in resumed and "resumed task state" in resumed
     records = json_logs(resumed)
-    assert int(records[0]["num_updates"]) > 20  # continued, not restarted
+    assert records[0]["num_updates"] > 20  # continued, not restarted
     for r in json_logs(resumed, "train"):
-        assert float(r["train_alpha"]) == pytest.approx(1.5 ** (int(r["epoch"]) - 1), rel=1e-3)
+        assert r["alpha"] == pytest.approx(1.5 ** (r["epoch"] - 1), rel=1e-3)
     # peers are re-read at start-up, before the first exchange interval
     first_load = resumed.index("loaded model 1")
     assert first_load < resumed.index('"num_updates": "25"')
@@ -116,7 +116,7 @@ def test_garbage_snapshot_is_skipped_and_a_lone_model_trains(data_bin, tmp_path)
                 "--codistill-id", "0", "--save-dir", tmp_path / "m0"])
     log = proc.stdout + proc.stderr
     assert log.count("skipping peer snapshot") == 1 and "no end marker" in log
-    assert {r["num_peers"] for r in json_logs(log)} == {"0"}
+    assert {r["num_peers"] for r in json_logs(log)} == {0}
     assert (tmp_path / "m0" / "checkpoint_last.pt").is_file()
 
 
@@ -134,7 +134,7 @@ def test_heterogeneous_peer_is_built_from_its_snapshot_and_vocab_mismatch_is_rej
     log0 = p0.communicate(timeout=300)[0]
     assert p0.returncode == 0
     assert any(j == 1 for j, _ in loaded_from(log0))
-    assert any(float(r["codistill_loss"]) > 0 for r in json_logs(log0) if r["num_peers"] != "0")
+    assert any(r["codistill_loss"] > 0 for r in json_logs(log0) if r["num_peers"] != 0)
 
     # a model trained on another dictionary publishes into the same directory
     other = tmp_path_factory.mktemp("other")
@@ -149,7 +149,7 @@ def test_heterogeneous_peer_is_built_from_its_snapshot_and_vocab_mismatch_is_rej
                 "--codistill-id", "0", "--save-dir", tmp_path / "o0"])
     log = proc.stdout + proc.stderr
     assert "codistilled models must share one dictionary" in log
-    assert {r["num_peers"] for r in json_logs(log)} == {"0"}
+    assert {r["num_peers"] for r in json_logs(log)} == {0}
 
 
 def launch_and_kill_model1(data_bin, tmp_path, launcher_flags, train_flags):
@@ -177,7 +177,7 @@ def test_killing_one_job_leaves_the_other_finishing(data_bin, tmp_path):
     assert code == 1
     assert "model1 died (signal SIGKILL)" in out and "model0 finished" in out
     log0 = log_of(tmp_path, 0)
-    assert json_logs(log0)[-1]["num_updates"] == "60"
+    assert json_logs(log0)[-1]["num_updates"] == 60
     # model 0 waited for the dead peer once, then went on without waiting again
     assert log0.count("going on without waiting for them") == 1
     for i in (0, 1):  # both jobs' checkpoints are intact and loadable
@@ -195,8 +195,8 @@ def test_restart_failed_resumes_the_killed_job(data_bin, tmp_path):
     restarted = log1.split("fairseq-codistill-launch: restart 1", 1)[1]
     resumed_at = int(re.search(r"Loaded checkpoint .* @ (\d+) updates", restarted).group(1))
     assert resumed_at > 0  # from its checkpoint_last.pt, not from scratch
-    assert int(json_logs(restarted)[0]["num_updates"]) == (resumed_at // 5 + 1) * 5
-    assert json_logs(restarted)[-1]["num_updates"] == "50"
+    assert json_logs(restarted)[0]["num_updates"] == (resumed_at // 5 + 1) * 5
+    assert json_logs(restarted)[-1]["num_updates"] == 50
     # and model 0 picked model 1 up again after its restart
     log0 = log_of(tmp_path, 0)
     assert any(j == 1 and u > 10 for j, u in loaded_from(log0))

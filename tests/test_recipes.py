@@ -110,8 +110,8 @@ def test_tiny_iwslt14_chain(tmp_path_factory, tmp_path):
     # the codistilled models read each other's snapshots and paid a penalty for differing
     for i in range(2):
         records = json_logs((tmp_path / "codistill" / f"model{i}" / "train.log").read_text())
-        assert records[-1]["num_updates"] == "40" and records[-1]["num_peers"] == "1"
-        assert float(records[-1]["codistill_loss"]) > 0
+        assert records[-1]["num_updates"] == 40 and records[-1]["num_peers"] == 1
+        assert records[-1]["codistill_loss"] > 0
     assert "label_smoothed_cross_entropy" in (tmp_path / "allreduce" / "train.log").read_text()
 
     # eval.sh from SAVE_DIR alone: eval.env gives it DATA, beam, length penalty, AVG

@@ -129,7 +129,7 @@ def test_killed_peers_survive_resume_and_never_load_a_torn_snapshot(data_bin, tm
                 lost += 1
             else:
                 survived += 1
-        assert json_logs(log)[-1]["num_updates"] == str(60 + 40 * SCALE)
+        assert json_logs(log)[-1]["num_updates"] == 60 + 40 * SCALE
         assert is_complete(run_dir / f"model{i}" / "checkpoint_last.pt")
         # no temp file is left behind in the exchange directory after the restarts
         assert not [n for n in os.listdir(xdir / f"model{i}") if n.startswith(".tmp-")]
@@ -158,7 +158,7 @@ def test_a_torn_checkpoint_last_is_restored_and_a_restart_by_hand_resumes(data_b
     out = proc.stdout + proc.stderr
     assert "checkpoint_last.pt was torn" in out
     assert re.search(r"Loaded checkpoint .* @ 20 updates", out)
-    assert json_logs(out)[-1]["num_updates"] == "30"
+    assert json_logs(out)[-1]["num_updates"] == 30
     record_figure("killed peers", "torn checkpoint_last.pt restored by hand-restart", "yes")
 
 
@@ -266,7 +266,7 @@ def test_full_exchange_dir_mid_run_warns_and_training_goes_on(data_bin, tmp_path
     assert failures >= 3 and "No space left on device" in out
     assert [s.num_updates for s in ex.list_snapshots(xdir, 0)] == [2]  # the one that fitted
     assert not [n for n in os.listdir(xdir / "model0") if n.startswith(".tmp-")]  # cleaned up
-    assert json_logs(out, "train")[-1]["train_num_updates"] == "12"
+    assert json_logs(out, "train")[-1]["num_updates"] == 12
     state = load_checkpoint_state(tmp_path / "save" / "checkpoint_last.pt", keys=["model"])
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     record_figure("storage faults", "full exchange dir", f"{failures} failed publishes warned, "

@@ -1,0 +1,77 @@
+"""fairseq-train's JSON log lines: the one parser of the report, the launcher's progress
+view, the demo and the tests.
+
+With ``--log-format json`` fairseq prints each record as ``<time> | INFO | <tag> | {...}``
+with every value a string; the epoch records (tag ``train``) prefix their keys with
+``train_`` and validation records (tag ``valid``, or the subset's name) with ``valid_``.
+Standard library only: the launcher must not import torch to show progress.
+
+    python -m fairseq_codistill.logs LOG TAG KEY   # KEY of the newest TAG record in LOG
+"""
+import json
+import re
+import sys
+from typing import Dict, Iterator, Optional, Tuple
+
+TAGS = ("train_inner", "train", "valid")
+_RECORD = re.compile(r"\| (train_inner|train|valid) \| (\{.*\})\s*$")
+_PREFIX = {"train_inner": "", "train": "train_", "valid": "valid_"}
+
+
+def number(value):
+    """fairseq logs numbers as strings: "5.25" -> 5.25; anything else is kept."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def parse_line(line: str) -> Optional[Tuple[str, Dict[str, object]]]:
+    """(tag, record) of one JSON log line, keys without their train_/valid_ prefix and
+    values as numbers where they are; None for any other line, or one still being written."""
+    match = _RECORD.search(line)
+    if not match:
+        return None
+    try:
+        record = json.loads(match.group(2))
+    except ValueError:
+        return None
+    tag, prefix = match.group(1), _PREFIX[match.group(1)]
+    return tag, {(k[len(prefix):] if prefix and k.startswith(prefix) else k): number(v)
+                 for k, v in record.items()}
+
+
+def records(text: str, tag: Optional[str] = None) -> Iterator[Tuple[str, Dict[str, object]]]:
+    """Every (tag, record) of a log's text, or only those of ``tag``."""
+    for line in text.splitlines():
+        parsed = parse_line(line)
+        if parsed is not None and (tag is None or parsed[0] == tag):
+            yield parsed
+
+
+def last_value(text: str, tag: str, key: str):
+    """``key`` of the newest ``tag`` record that has it, or None."""
+    value = None
+    for _, record in records(text, tag):
+        value = record.get(key, value)
+    return value
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[1] not in TAGS:
+        print(f"usage: python -m fairseq_codistill.logs LOG {{{','.join(TAGS)}}} KEY", file=sys.stderr)
+        return 2
+    path, tag, key = args
+    try:
+        with open(path, errors="replace") as f:
+            value = last_value(f.read(), tag, key)
+    except FileNotFoundError:
+        value = None
+    if value is not None:
+        print(f"{value:g}" if isinstance(value, float) else value)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

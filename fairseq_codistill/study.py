@@ -1,0 +1,250 @@
+"""A study's summary: each configuration's mean and spread over seeds, its curves, and
+the paper's five claims measured against the all-reduce baseline and the lone control.
+
+A study directory holds one folder per run (any depth), each with a ``study.json`` that
+``recipes/study.sh`` writes beside the run's ``train.log`` or ``model*/train.log``:
+
+    {"group": "codistill-a0.1-g1.1-k40", "kind": "codistill", "seed": 1, "regime": true,
+     "dropout": 0.1, "alpha": 0.1, "gamma": 1.1, "interval": 40, "burn_in": 0, "loss": "mse"}
+
+``kind`` is ``baseline`` (all-reduce), ``control`` (one model alone) or ``codistill`` (a
+pair; both models count as samples). The run marked ``regime`` is the configuration the
+claims are about. Written by ``fairseq-codistill-report --study DIR``.
+"""
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from fairseq_codistill.report import Series, curve, load_run, plot_panels, human_seconds, wall_seconds
+
+KINDS = ("baseline", "control", "codistill")
+# Parameters that tell two codistill configurations apart, in the order of the table.
+KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss")
+
+
+@dataclass
+class Stat:
+    """Mean and spread of one figure over a group's samples (both models of each pair)."""
+
+    values: List[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def spread(self) -> float:
+        """max - min: with 2-3 seeds, more telling (and harsher) than a standard deviation."""
+        return max(self.values) - min(self.values)
+
+    def __str__(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.values[0]:.3f}"
+        return f"{self.mean:.3f} ± {self.spread / 2:.3f}"
+
+
+@dataclass
+class Group:
+    name: str
+    kind: str
+    params: dict
+    regime: bool = False
+    runs: Dict[int, List[Series]] = field(default_factory=dict)  # seed -> its model(s)
+
+    @property
+    def models(self) -> List[Series]:
+        return [s for seed in sorted(self.runs) for s in self.runs[seed]]
+
+    def stat(self, figure) -> Optional[Stat]:
+        values = [v for v in (figure(s) for s in self.models) if v is not None]
+        return Stat(values) if values else None
+
+
+# -- figures of one model ----------------------------------------------------------------
+def final_valid(series: Series) -> Optional[float]:
+    """Validation NLL at the last validation (all runs of a study stop at the same update)."""
+    values = curve(series.valid, "nll_loss")[1]
+    return values[-1] if values else None
+
+
+def best_valid(series: Series) -> Optional[float]:
+    values = curve(series.valid, "nll_loss")[1]
+    return min(values) if values else None
+
+
+def final_train(series: Series) -> Optional[float]:
+    values = curve(series.inner, "nll_loss")[1]
+    return values[-1] if values else None
+
+
+def final_param_dist(series: Series) -> Optional[float]:
+    values = curve(series.inner, "param_dist")[1]
+    return values[-1] if values else None
+
+
+def final_updates(series: Series) -> Optional[float]:
+    xs = curve(series.valid, "nll_loss")[0]
+    return xs[-1] if xs else None
+
+
+# -- loading -----------------------------------------------------------------------------
+def load_study(root: Path) -> List[Group]:
+    groups: Dict[str, Group] = {}
+    for meta_path in sorted(Path(root).rglob("study.json")):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("kind") not in KINDS:
+            raise ValueError(f"{meta_path}: kind must be one of {KINDS} (got {meta.get('kind')!r})")
+        try:
+            series = [s for s in load_run(meta_path.parent) if s.path is not None and s.valid]
+        except FileNotFoundError:
+            continue  # a run that has not written its log yet
+        if not series:
+            continue
+        group = groups.setdefault(meta["group"], Group(
+            meta["group"], meta["kind"], {k: meta[k] for k in KNOBS if k in meta}))
+        group.regime = group.regime or bool(meta.get("regime"))
+        group.runs[int(meta["seed"])] = series
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    return sorted(groups.values(), key=lambda g: (order[g.kind], not g.regime, g.name))
+
+
+# -- the claims --------------------------------------------------------------------------
+def _gap(a: Stat, b: Stat) -> Tuple[float, float]:
+    """(mean of a - mean of b, the larger of the two spreads)."""
+    return a.mean - b.mean, max(a.spread, b.spread)
+
+
+def _differs_only_in(group: Group, regime: Group, knob: str) -> bool:
+    return group.kind == "codistill" and group.params.get(knob) != regime.params.get(knob) and all(
+        group.params.get(k) == regime.params.get(k) for k in KNOBS if k != knob)
+
+
+def claims(groups: Sequence[Group]) -> List[Tuple[str, str, str]]:
+    """(claim, what was measured, verdict) for the paper's five claims, about the regime."""
+    by_kind = {kind: [g for g in groups if g.kind == kind] for kind in KINDS}
+    regime = next((g for g in by_kind["codistill"] if g.regime), None)
+    if regime is None or not by_kind["control"]:
+        return []
+    valid = {g.name: g.stat(final_valid) for g in groups}
+    # the control at the regularisation that is best for it: no gain from a weakened control
+    control = min(by_kind["control"], key=lambda g: valid[g.name].mean)
+    out = []
+
+    if by_kind["baseline"]:
+        base = by_kind["baseline"][0]
+        diff, spread = _gap(valid[regime.name], valid[base.name])
+        out.append(("1. two codistilled models (batch B) match all-reduce (2B) at equal updates",
+                    f"val NLL {valid[regime.name]} vs {valid[base.name]}: {diff:+.3f} (spread {spread:.3f})",
+                    "reproduced" if diff <= spread else "not reproduced"))
+
+    diff, spread = _gap(valid[regime.name], valid[control.name])
+    out.append(("2. a codistilled model beats the same model trained alone",
+                f"val NLL {valid[regime.name]} vs {valid[control.name]} ({control.name}): "
+                f"{diff:+.3f} (spread {spread:.3f})",
+                "reproduced" if -diff > spread else "not reproduced"))
+
+    variants = [g for g in by_kind["codistill"] if _differs_only_in(g, regime, "interval")]
+    if variants:
+        base_k = regime.params["interval"]
+        parts, beaten = [], 0
+        for g in sorted(variants + [regime], key=lambda g: g.params["interval"]):
+            diff, spread = _gap(valid[g.name], valid[control.name])
+            beaten += -diff > spread
+            parts.append(f"{g.params['interval'] / base_k:g}x: {diff:+.3f}")
+        out.append(("3. it holds for a snapshot interval 0.5x to 4x the default",
+                    "val NLL minus the control's: " + ", ".join(parts),
+                    "reproduced" if beaten == len(variants) + 1 else
+                    f"not reproduced ({beaten} of {len(variants) + 1} beat the control)"))
+
+    constant = [g for g in by_kind["codistill"] if _differs_only_in(g, regime, "gamma")
+                and g.params.get("gamma") == 1]
+    if constant and regime.params.get("gamma", 1) != 1:
+        diff, spread = _gap(valid[regime.name], valid[constant[0].name])
+        out.append(("4. alpha growing exponentially does at least as well as a constant alpha",
+                    f"val NLL {valid[regime.name]} (gamma {regime.params['gamma']}) vs "
+                    f"{valid[constant[0].name]} (constant): {diff:+.3f} (spread {spread:.3f})",
+                    "reproduced" if diff <= spread else "not reproduced"))
+
+    dist = {g.name: g.stat(final_param_dist) for g in groups}
+    if dist[regime.name] and dist[control.name]:
+        line = f"||theta - theta_0|| {dist[regime.name]} vs control {dist[control.name]}"
+        if by_kind["baseline"] and dist[by_kind["baseline"][0].name]:
+            line += f", all-reduce {dist[by_kind['baseline'][0].name]}"
+        diff, spread = _gap(dist[regime.name], dist[control.name])
+        out.append(("5. the weights stay closer to their initial values", line,
+                    "reproduced" if -diff > spread else "not reproduced"))
+    return out
+
+
+# -- the report --------------------------------------------------------------------------
+TABLE = [("val NLL", final_valid), ("best val NLL", best_valid), ("train NLL", final_train),
+         ("param_dist", final_param_dist)]
+
+
+def _knobs(group: Group) -> str:
+    p = group.params
+    if group.kind != "codistill":
+        return f"dropout {p.get('dropout', '-')}"
+    return ", ".join(f"{k} {p[k]}" for k in KNOBS if k in p)
+
+
+def study_table(groups: Sequence[Group]) -> str:
+    header = ["configuration", "kind", "settings", "seeds", "models"] + [t for t, _ in TABLE] + ["wall / model"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for g in groups:
+        cells = [g.name + (" **(regime)**" if g.regime else ""), g.kind, _knobs(g),
+                 ",".join(str(s) for s in sorted(g.runs)), str(len(g.models))]
+        cells += [str(g.stat(f) or "-") for _, f in TABLE]
+        wall = g.stat(wall_seconds)
+        cells.append(human_seconds(wall.mean) if wall else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
+    """Mean curve of each of the baseline, the best control and the regime, seeds pooled."""
+    shown = [g for g in groups if g.kind != "codistill" or g.regime]
+    plots = []
+    for name, attr, key, ylabel in (("study_valid.png", "valid", "nll_loss", "validation NLL (base 2)"),
+                                    ("study_param_dist.png", "inner", "param_dist", "||theta - theta_0||_2")):
+        pooled = [_mean_series(g, attr, key) for g in shown]
+        if plot_panels(out / name, [s for s in pooled if getattr(s, attr)], [(attr, key, ylabel)],
+                       f"{ylabel}: mean over seeds (and both codistilled models)"):
+            plots.append(name)
+    return plots
+
+
+def _mean_series(group: Group, attr: str, key: str) -> Series:
+    """One Series whose ``attr`` records hold the mean of ``key`` over the group's models
+    at the updates they all logged."""
+    curves = [dict(zip(*curve(getattr(s, attr), key))) for s in group.models]
+    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    records = [{"num_updates": u, key: statistics.fmean(c[u] for c in curves)} for u in common]
+    series = Series(f"{group.name} (n={len(group.models)})", kind=group.kind)
+    setattr(series, attr, records)
+    return series
+
+
+def write_study_report(out: Path, groups: Sequence[Group]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    found = claims(groups)
+    lines = ["# Codistillation study", "", study_table(groups), "",
+             "- *val NLL*: validation NLL per target token (base 2) at the last validation, "
+             "the same update for every run; *best val NLL*: the lowest validation of the run; "
+             "*param_dist*: distance of the weights from their initial values at the end.",
+             "- Each cell is the mean ± half the spread (max - min) over the samples: every seed "
+             "of a baseline or control, both models of every seed of a codistilled pair.", ""]
+    if found:
+        lines += ["## The paper's claims at this scale", "",
+                  "| claim | measured | verdict |", "|---|---|---|"]
+        lines += [f"| {c} | {m} | {v} |" for c, m, v in found]
+        lines += ["", "A gap counts when it is larger than the larger spread (max - min) of the "
+                  "two groups compared; the control is the control configuration with the lowest "
+                  "val NLL.", ""]
+    for name in plot_study(out, groups):
+        lines += [f"![{name}]({name})", ""]
+    text = "\n".join(lines)
+    (out / "study.md").write_text(text)
+    return text
