@@ -288,10 +288,9 @@ def prepare(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) ->
 
 
 def make_peer(task, cfg, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """A peer as ``PeerExchange`` installs one: no grads, training dtype, eval mode."""
-    peer = task.build_model(cfg.model)
-    peer.requires_grad_(False)
-    return prepare(peer, dtype, device).eval()
+    """A peer as ``PeerExchange`` installs one: training dtype, eval mode, run under
+    ``torch.inference_mode()`` (its weights keep requires_grad, see ``PeerExchange._install``)."""
+    return prepare(task.build_model(cfg.model), dtype, device).eval()
 
 
 def update(task, model, criterion, optimizer, sample, update_num: int = 0) -> None:

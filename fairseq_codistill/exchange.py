@@ -454,7 +454,8 @@ class PeerExchange:
             self._swap_ready(model)
 
     def active_peers(self, num_updates: Optional[int] = None) -> List[torch.nn.Module]:
-        """Peer models to distil from now: loaded, and not staler than allowed."""
+        """Peer models to distil from now: loaded, and not staler than allowed. Run them
+        under ``torch.inference_mode()``: that is what keeps them out of autograd."""
         num_updates = self.last_step if num_updates is None else num_updates
         out = []
         for p in self.peers.values():
@@ -595,8 +596,14 @@ class PeerExchange:
     def _install(self, peer: _Peer, snap: Snapshot, model: torch.nn.Module) -> None:
         ref = next(model.parameters())
         if peer.model is None:
+            # Left with requires_grad=True: peers run under torch.inference_mode(), which
+            # records no graph whatever the flag, while frozen weights take torch.matmul's
+            # slow path. It folds a non-contiguous (B, T, C) input into one (B*T, C) mm
+            # only for a weight that requires grad; otherwise it broadcasts the weight to
+            # (B, C, V) for a bmm, and the CPU's bf16 bmm copies that broadcast: the weight
+            # once per sentence. fairseq's transformer hands such transposed inputs to its
+            # first attention projections and its output projection.
             peer.model = self.build_peer(snap.meta)
-            peer.model.requires_grad_(False)
         peer.model.to(device=ref.device, dtype=ref.dtype)
         peer.model.load_state_dict(snap.state_dict, strict=True)  # copies, casting back
         peer.model.eval()

@@ -195,12 +195,47 @@ def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
     with exchanged_pair(tmp_path) as (x0, x1, m0, m1):
         peers = x0.active_peers()
         assert len(peers) == 1 and not peers[0].training
-        assert all(not p.requires_grad for p in peers[0].parameters())
         # fp16 snapshot, cast back to the training dtype: equal up to fp16 rounding
         assert peers[0].weight.dtype == torch.float32
         assert torch.allclose(peers[0].weight, m1.weight, atol=1e-3)
         assert x0.staleness() == 1  # our update 6, the snapshot's 5
         assert x0.bytes_read == ex.list_snapshots(tmp_path, 1)[0].path.stat().st_size
+
+
+def test_peers_stay_out_of_autograd_under_inference_mode(tmp_path):
+    with exchanged_pair(tmp_path) as (x0, _, m0, _):
+        (peer,) = x0.active_peers()
+        x = torch.randn(4, 3)
+        with torch.inference_mode():
+            peer_out = peer(x)
+        loss = (m0(x) - peer_out).pow(2).sum()
+        loss.backward()
+        assert not peer_out.requires_grad and peer.weight.grad is None
+        assert m0.weight.grad is not None
+
+
+def test_a_bf16_peer_runs_a_transposed_batch_as_one_matmul(tmp_path):
+    # torch.matmul folds a non-contiguous (B, T, C) input into one (B*T, C) mm only when
+    # the weight requires grad; otherwise it broadcasts the weight for a bmm, which in bf16
+    # on a CPU copies the weight once per row of B (fairseq's transformer: 6x slower).
+    torch.manual_seed(0)
+    m0, m1 = torch.nn.Linear(3, 2).bfloat16(), torch.nn.Linear(3, 2).bfloat16()
+    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
+    try:
+        x0.step(0, m0), x1.step(5, m1)
+        x1.wait_for_write()
+        settle(x0, 5, m0)
+        (peer,) = x0.active_peers()
+        assert peer.weight.dtype == torch.bfloat16
+        batch = torch.randn(4, 5, 3, dtype=torch.bfloat16).transpose(0, 1)  # (T, B, C) view
+        with torch.inference_mode(), torch.profiler.profile() as prof:
+            out = peer(batch)
+        ops = {e.key for e in prof.key_averages()}
+        assert "aten::bmm" not in ops and "aten::mm" in ops, sorted(ops)
+        assert torch.allclose(out.float(), batch.float() @ peer.weight.float().T + peer.bias.float(),
+                              atol=0.05)
+    finally:
+        x0.close(), x1.close()
 
 
 def test_max_staleness_drops_an_old_peer(tmp_path):
