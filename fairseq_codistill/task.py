@@ -11,31 +11,27 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
+import numpy as np
 import torch
-from fairseq import models
+from fairseq import models, utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
-from omegaconf import II, DictConfig, OmegaConf
+from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from fairseq_codistill.checkpoints import (
     allow_fairseq_checkpoints,
     load_checkpoint_state,
     repair_checkpoint_last,
 )
-from fairseq_codistill.exchange import (
-    SNAPSHOT_DTYPES,
-    TOPOLOGIES,
-    ExchangeConfig,
-    PeerExchange,
-    SnapshotError,
-    check_exchange_dir,
-)
+from fairseq_codistill import options as opts
+from fairseq_codistill.exchange import PeerExchange, SnapshotError, check_exchange_dir
+from fairseq_codistill.options import exchange_config
 
 logger = logging.getLogger(__name__)
 
@@ -47,73 +43,22 @@ LR_DECAY_RATIO = 0.5
 
 @dataclass
 class CodistillTranslationConfig(TranslationConfig):
-    codistill_dir: str = field(
-        default="",
-        metadata={"help": "exchange directory shared by all codistilled models (a shared "
-                  "filesystem in a cluster); required"},
-    )
-    codistill_id: int = field(
-        default=-1, metadata={"help": "this model's id, 0 .. num-models-1; required"}
-    )
-    codistill_num_models: int = field(
-        default=2,
-        metadata={"help": "number of models codistilling together (>= 2); 1 trains alone, with "
-                  "no exchange and no --codistill-dir, logging the same metrics (param_dist): "
-                  "the lone control and the all-reduce baseline of a study"},
-    )
-    codistill_topology: ChoiceEnum(TOPOLOGIES) = field(
-        default="all",
-        metadata={"help": "all: distil from every other model (the paper); ring: only from "
-                  "model (id+1) mod n, reading one snapshot per interval whatever n"},
-    )
-    codistill_interval: int = field(
-        default=2500,
-        metadata={"help": "updates between publishing our snapshot and re-reading the peers'; "
-                  "2500 is the paper's ImageNet value, robust to 2-4x either way"},
-    )
-    codistill_snapshot_dtype: ChoiceEnum(list(SNAPSHOT_DTYPES)) = field(
-        default="fp16",
-        metadata={"help": "dtype of published weights (fp16: half the bytes of fp32); "
-                  "cast back to the training dtype on load"},
-    )
-    codistill_max_staleness: int = field(
-        default=0,
-        metadata={"help": "drop a peer whose snapshot is more than this many of its updates "
-                  "behind ours, until a fresher one appears; 0 = no limit"},
-    )
-    codistill_wait_for_peers: float = field(
-        default=0.0,
-        metadata={"help": "seconds to wait, at the first exchange, for peers that have not "
-                  "published yet (otherwise train at alpha 0 until they do); with "
-                  "--codistill-max-lead, the most to wait at each exchange"},
-    )
-    codistill_max_lead: int = field(
-        default=0,
-        metadata={"help": "at each exchange, wait until every peer has a snapshot at most this "
-                  "many updates behind ours (stale-synchronous: bounds peer_staleness by "
-                  "lead + interval); a peer that misses --codistill-wait-for-peers is not "
-                  "waited for again until it publishes; 0 = never wait"},
-    )
+    # Defaults and help texts: fairseq_codistill/options.py, shared with the vision trainer.
+    codistill_dir: str = opts.DIR.field("; required (unless --codistill-num-models 1)")
+    codistill_id: int = opts.ID.field()
+    codistill_num_models: int = opts.NUM_MODELS.field(
+        "; 1 trains alone, with no exchange and no --codistill-dir, logging the same metrics "
+        "(param_dist): the lone control and the all-reduce baseline of a study")
+    codistill_topology: ChoiceEnum(opts.TOPOLOGY.choices) = opts.TOPOLOGY.field()
+    codistill_interval: int = opts.INTERVAL.field()
+    codistill_snapshot_dtype: ChoiceEnum(opts.SNAPSHOT_DTYPE.choices) = opts.SNAPSHOT_DTYPE.field()
+    codistill_peer_dtype: ChoiceEnum(opts.PEER_DTYPE.choices) = opts.PEER_DTYPE.field()
+    codistill_max_staleness: int = opts.MAX_STALENESS.field()
+    codistill_wait_for_peers: float = opts.WAIT_FOR_PEERS.field()
+    codistill_max_lead: int = opts.MAX_LEAD.field()
     log_interval: int = II("common.log_interval")
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
-
-
-def exchange_config(cfg: CodistillTranslationConfig) -> ExchangeConfig:
-    if cfg.codistill_id < 0:
-        raise ValueError(f"--codistill-id is required: this model's id in [0, "
-                         f"--codistill-num-models) (got {cfg.codistill_id})")
-    return ExchangeConfig(
-        root=cfg.codistill_dir,
-        model_id=cfg.codistill_id,
-        num_models=cfg.codistill_num_models,
-        topology=str(cfg.codistill_topology),
-        interval=cfg.codistill_interval,
-        dtype=str(cfg.codistill_snapshot_dtype),
-        max_staleness=cfg.codistill_max_staleness,
-        wait_for_peers=cfg.codistill_wait_for_peers,
-        max_lead=cfg.codistill_max_lead,
-    )
 
 
 def _jsonable(value):
@@ -140,6 +85,31 @@ def dictionary_fingerprint(dictionary) -> str:
     return hashlib.sha1("\n".join(dictionary.symbols).encode()).hexdigest()[:12]
 
 
+def offset_seed(cfg) -> None:
+    """Model i trains with --seed S + i: its own initial weights, batch order and dropout.
+
+    The paper's models each train on their own stream of mini-batches; with one seed for
+    all, n jobs would start from the same weights and read the same batches in the same
+    order, and each peer would be a stale copy of the model itself (measured here: the two
+    models' losses equal to the last digit until their first exchange). fairseq reads
+    ``common.seed`` for the initial weights (seeded again here, as fairseq-train seeded it
+    before building the task), for the batch order of every epoch and for each update's
+    dropout, so changing it here changes all three; the vision trainer does the same.
+    """
+    root = cfg._get_root() if isinstance(cfg, DictConfig) else None
+    if root is None or "common" not in root:
+        logger.warning("codistill: no fairseq config to offset --seed in; give each model its "
+                       "own --seed (model i: S + i)")
+        return
+    seed = root.common.seed + cfg.codistill_id
+    with open_dict(root.common):
+        root.common.seed = seed
+    np.random.seed(seed)
+    utils.set_torch_seed(seed)
+    logger.info("codistill: model %d trains with --seed %d (the given seed + its id)",
+                cfg.codistill_id, seed)
+
+
 @register_task("codistill_translation", dataclass=CodistillTranslationConfig)
 class CodistillTranslationTask(TranslationTask):
     cfg: CodistillTranslationConfig
@@ -154,6 +124,7 @@ class CodistillTranslationTask(TranslationTask):
         else:
             exchange_config(cfg).validate()
             check_exchange_dir(cfg.codistill_dir)
+            offset_seed(cfg)
         allow_fairseq_checkpoints()
         if cfg.restore_file == "checkpoint_last.pt" and distributed_utils.get_global_rank() == 0:
             repair_checkpoint_last(cfg.save_dir)  # before the trainer loads it

@@ -64,6 +64,11 @@ def test_two_models_via_the_launcher(data_bin, tmp_path):
         assert (tmp_path / "run" / f"model{i}" / "checkpoint_last.pt").is_file()
     state = json.loads((tmp_path / "run" / "launch.json").read_text())
     assert {k: v["status"] for k, v in state.items()} == {"model0": "done", "model1": "done"}
+    # one --seed for both jobs, yet each model has its own weights and batches: model i
+    # trains with seed 1 + i, so their losses differ from the first logged interval on
+    first = [json_logs(log_of(tmp_path, i))[0] for i in (0, 1)]
+    assert "model 1 trains with --seed 2" in log_of(tmp_path, 1)
+    assert first[0]["num_updates"] == first[1]["num_updates"] and first[0]["loss"] != first[1]["loss"]
     # the exchange directory holds the newest two snapshots of each model, nothing else
     for i in (0, 1):
         assert sorted(os.listdir(tmp_path / "x" / f"model{i}")) == [
