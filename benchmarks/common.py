@@ -22,6 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 import fairseq_codistill  # noqa: F401
 import torch
 
+from fairseq_codistill import options as opts
+from fairseq_codistill.exchange import place_peer
+
 # fairseq's and hydra's start-up chatter would bury the figures.
 logging.disable(logging.INFO)
 warnings.filterwarnings("ignore")
@@ -167,6 +170,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="output vocabulary: the logits the penalty compares are (B, T, V)")
     parser.add_argument("--fp16", action="store_true", help="train in fp16, as fairseq --fp16 (GPU)")
     parser.add_argument("--bf16", action="store_true", help="train in bf16, as fairseq --bf16")
+    opts.PEER_DTYPE.add_to(parser)  # as fairseq-train's
 
 
 def model_flags(args) -> List[str]:
@@ -287,10 +291,12 @@ def prepare(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) ->
     return model.to(device=device, dtype=dtype)
 
 
-def make_peer(task, cfg, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
-    """A peer as ``PeerExchange`` installs one: training dtype, eval mode, run under
-    ``torch.inference_mode()`` (its weights keep requires_grad, see ``PeerExchange._install``)."""
-    return prepare(task.build_model(cfg.model), dtype, device).eval()
+def make_peer(task, cfg, dtype: torch.dtype, device: torch.device,
+              peer_dtype: str) -> torch.nn.Module:
+    """A peer as ``PeerExchange`` installs one next to a model trained in ``dtype``: in
+    the dtype --codistill-peer-dtype gives, eval mode, run under ``torch.inference_mode()``."""
+    like = torch.empty((), dtype=dtype, device=device)
+    return place_peer(task.build_model(cfg.model), like, peer_dtype)
 
 
 def update(task, model, criterion, optimizer, sample, update_num: int = 0) -> None:

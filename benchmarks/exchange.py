@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 import common
+from fairseq_codistill import options as opts
 from fairseq_codistill.exchange import (
     SNAPSHOT_DTYPES,
-    ExchangeConfig,
     PeerExchange,
     cast_state_dict,
     model_dir,
@@ -200,7 +200,9 @@ def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: Path, device, 
     """
     interval = 1000
     exchange = PeerExchange(
-        ExchangeConfig(root=str(root), model_id=0, num_models=2, interval=interval, dtype=dtype),
+        opts.exchange_config(opts.defaults(
+            codistill_dir=str(root), codistill_id=0, codistill_interval=interval,
+            codistill_snapshot_dtype=dtype, codistill_peer_dtype="same")),
         build_peer=lambda meta: task.build_model(cfg.model),
     )
     out = {"publish": [], "swap": [], "updates_while_loading": []}

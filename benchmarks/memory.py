@@ -90,7 +90,7 @@ def child(args) -> dict:
     sample = common.make_batch(task, args.max_tokens, args.seq_len, device)
     out = {}
     if args.child == "forward":
-        peer = common.make_peer(task, cfg, dtype, device)
+        peer = common.make_peer(task, cfg, dtype, device, args.codistill_peer_dtype)
         out["weights"] = common.state_bytes(peer)
         for _ in range(2):  # the first forward also pays one-off library start-up memory
             meter.reset()
@@ -101,7 +101,7 @@ def child(args) -> dict:
         return out
     meter.reset()
     model = common.prepare(task.build_model(cfg.model), dtype, device)
-    peers = [common.make_peer(task, cfg, dtype, device)] if args.child == "with" else []
+    peers = [common.make_peer(task, cfg, dtype, device, args.codistill_peer_dtype)] if args.child == "with" else []
     criterion = (common.codistill_criterion(task, peers, alpha=1.0) if peers
                  else task.build_criterion(cfg.criterion))
     optimizer = common.build_optimizer(cfg, model)
@@ -111,7 +111,6 @@ def child(args) -> dict:
     held = {id(p) for p in optimizer.params} | {id(p) for p in getattr(optimizer, "fp16_params", [])}
     out["peer_in_optimizer"] = sum(id(p) in held for peer in peers for p in peer.parameters())
     out["peer_grads"] = sum(p.grad is not None for peer in peers for p in peer.parameters())
-    out["peer_trainable"] = sum(p.requires_grad for peer in peers for p in peer.parameters())
     return out
 
 
@@ -142,7 +141,8 @@ def main(argv=None):
     expected = r["forward"]["weights"] + r["forward"]["forward_peak"]
     what = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "peak RSS (VmHWM)"
     print(f"# memory: {args.arch}, {args.max_tokens} tokens/batch, {args.device}, "
-          f"{'fp16' if args.fp16 else 'bf16' if args.bf16 else 'fp32'}, {args.updates} updates; {what}")
+          f"{'fp16' if args.fp16 else 'bf16' if args.bf16 else 'fp32'}, peer dtype "
+          f"{args.codistill_peer_dtype}, {args.updates} updates; {what}")
     print(common.machine_line(device, args))
     print(f"size  worker without peer    {common.fmt_bytes(r['without']['peak']):>10s}")
     print(f"size  worker with peer       {common.fmt_bytes(r['with']['peak']):>10s}   "
@@ -150,7 +150,7 @@ def main(argv=None):
     print(f"size  peer weights           {common.fmt_bytes(r['forward']['weights']):>10s}")
     print(f"size  peer no-grad forward   {common.fmt_bytes(r['forward']['forward_peak']):>10s}   (peak above its weights)")
     w = r["with"]
-    print(f"check peer parameters with a gradient: {w['peer_grads']}, trainable: {w['peer_trainable']}; "
+    print(f"check peer parameters with a gradient: {w['peer_grads']}; "
           f"in the optimizer: {w['peer_in_optimizer']}")
     print(common.ratio_line("peer_cost", delta / expected,
                             "(peak with peer - peak without) / (peer weights + no-grad forward peak)",

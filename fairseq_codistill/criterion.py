@@ -18,44 +18,22 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 
-from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule, codistill_penalty
+from fairseq_codistill import options as opts
+from fairseq_codistill.loss import AlphaSchedule, codistill_penalty
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class CodistillCrossEntropyConfig(FairseqDataclass):
-    codistill_alpha: float = field(
-        default=1.0,
-        metadata={"help": "weight of the codistillation penalty (initial value for the "
-                  "exponential and step schedules); 0 trains plain cross-entropy"},
-    )
-    codistill_alpha_schedule: ChoiceEnum(SCHEDULES) = field(
-        default="constant",
-        metadata={"help": "constant; exponential: alpha * gamma^(epoch-1), the paper's NMT "
-                  "choice; step: alpha * gamma^(LR decays so far), for step LR schedules"},
-    )
-    codistill_gamma: float = field(
-        default=1.1,
-        metadata={"help": "growth factor of the exponential and step schedules; 1.1 is the "
-                  "paper's NMT value (1.5 made alpha explode)"},
-    )
-    codistill_alpha_max: Optional[float] = field(
-        default=None, metadata={"help": "upper bound on alpha (default: none)"}
-    )
-    codistill_burn_in_updates: int = field(
-        default=0,
-        metadata={"help": "alpha is 0 for this many updates; the paper found no benefit "
-                  "at an exchange interval of thousands of updates"},
-    )
-    codistill_loss: ChoiceEnum(PENALTY_KINDS) = field(
-        default="mse",
-        metadata={"help": "mse: mean squared error of the logits (the paper's choice); "
-                  "kl: KL(peer || own) of the softmaxes, as in Anil et al. / Zhang et al."},
-    )
-    codistill_temperature: float = field(
-        default=1.0, metadata={"help": "softmax temperature of --codistill-loss kl"}
-    )
+    # Defaults and help texts: fairseq_codistill/options.py, shared with the vision trainer.
+    codistill_alpha: float = opts.ALPHA.field()
+    codistill_alpha_schedule: ChoiceEnum(opts.ALPHA_SCHEDULE.choices) = opts.ALPHA_SCHEDULE.field()
+    codistill_gamma: float = opts.GAMMA.field()
+    codistill_alpha_max: Optional[float] = opts.ALPHA_MAX.field()
+    codistill_burn_in_updates: int = opts.BURN_IN_UPDATES.field()
+    codistill_loss: ChoiceEnum(opts.LOSS.choices) = opts.LOSS.field()
+    codistill_temperature: float = opts.TEMPERATURE.field()
     # Declared only to reject it with a clear message: label smoothing over-regularises
     # on top of codistillation, which is itself a regulariser (the paper's main finding).
     label_smoothing: float = field(
@@ -65,31 +43,17 @@ class CodistillCrossEntropyConfig(FairseqDataclass):
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
-
-
 def validate_config(cfg: CodistillCrossEntropyConfig) -> AlphaSchedule:
     """Reject bad values before training starts, naming the flag to change; returns the
     alpha schedule (which checks its own flags)."""
-    schedule = AlphaSchedule(
-        alpha0=cfg.codistill_alpha,
-        kind=cfg.codistill_alpha_schedule,
-        gamma=cfg.codistill_gamma,
-        alpha_max=cfg.codistill_alpha_max,
-        burn_in_updates=cfg.codistill_burn_in_updates,
-    )
-    _check(cfg.codistill_temperature > 0,
-           f"--codistill-temperature must be > 0 (got {cfg.codistill_temperature})")
-    _check(cfg.codistill_loss == "kl" or cfg.codistill_temperature == 1.0,
-           f"--codistill-temperature {cfg.codistill_temperature} only applies to "
-           "--codistill-loss kl (the mse penalty compares raw logits)")
-    _check(cfg.label_smoothing == 0,
-           f"--label-smoothing {cfg.label_smoothing} is not supported by --criterion "
-           "codistill_ce: codistillation already regularises, and the paper removes label "
-           "smoothing to match all-reduce; drop the flag (or use "
-           "label_smoothed_cross_entropy for the baseline)")
+    schedule = opts.alpha_schedule(cfg)
+    opts.check_penalty(cfg)
+    if cfg.label_smoothing != 0:
+        raise ValueError(
+            f"--label-smoothing {cfg.label_smoothing} is not supported by --criterion "
+            "codistill_ce: codistillation already regularises, and the paper removes label "
+            "smoothing to match all-reduce; drop the flag (or use "
+            "label_smoothed_cross_entropy for the baseline)")
     return schedule
 
 

@@ -39,6 +39,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from fairseq_codistill.precision import PEER_DTYPES, peer_dtype
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -323,15 +325,19 @@ def _read(f, path) -> Snapshot:
 
 @dataclass
 class ExchangeConfig:
+    """One model's side of the exchange; the defaults and meanings of these are the
+    --codistill-* options' (``fairseq_codistill.options``)."""
+
     root: str
     model_id: int
     num_models: int
-    topology: str = "all"
-    interval: int = 2500
-    dtype: str = "fp16"
-    max_staleness: int = 0
-    wait_for_peers: float = 0.0
-    max_lead: int = 0
+    topology: str
+    interval: int
+    dtype: str  # of the published snapshots
+    peer_dtype: str  # that the peers run in: one of precision.PEER_DTYPES
+    max_staleness: int
+    wait_for_peers: float
+    max_lead: int
 
     def validate(self, flag_prefix: str = "--codistill-") -> None:
         """Errors name the command-line flag (``--codistill-interval`` ...)."""
@@ -348,6 +354,8 @@ class ExchangeConfig:
         check(self.interval > 0, "interval", f"must be > 0 (got {self.interval})")
         check(self.dtype in SNAPSHOT_DTYPES, "snapshot-dtype",
               f"must be one of {tuple(SNAPSHOT_DTYPES)} (got {self.dtype!r})")
+        check(self.peer_dtype in PEER_DTYPES, "peer-dtype",
+              f"must be one of {PEER_DTYPES} (got {self.peer_dtype!r})")
         check(self.max_staleness >= 0, "max-staleness", f"must be >= 0 (got {self.max_staleness})")
         check(self.wait_for_peers >= 0, "wait-for-peers", f"must be >= 0 (got {self.wait_for_peers})")
         check(self.max_lead >= 0, "max-lead", f"must be >= 0 (got {self.max_lead})")
@@ -594,7 +602,6 @@ class PeerExchange:
                              SnapshotError(f"cannot use {peer.pending_path}: {e}"))
 
     def _install(self, peer: _Peer, snap: Snapshot, model: torch.nn.Module) -> None:
-        ref = next(model.parameters())
         if peer.model is None:
             # Left with requires_grad=True: peers run under torch.inference_mode(), which
             # records no graph whatever the flag, while frozen weights take torch.matmul's
@@ -604,9 +611,8 @@ class PeerExchange:
             # once per sentence. fairseq's transformer hands such transposed inputs to its
             # first attention projections and its output projection.
             peer.model = self.build_peer(snap.meta)
-        peer.model.to(device=ref.device, dtype=ref.dtype)
-        peer.model.load_state_dict(snap.state_dict, strict=True)  # copies, casting back
-        peer.model.eval()
+        place_peer(peer.model, next(model.parameters()), self.cfg.peer_dtype)
+        peer.model.load_state_dict(snap.state_dict, strict=True)  # copies, casting
         peer.num_updates = snap.num_updates
         self.bytes_read += snap.nbytes
         self.num_loads += 1
@@ -632,6 +638,12 @@ class PeerExchange:
         self.wait_for_write()
         self._reader.shutdown(wait=True, cancel_futures=True)
         self._writer.shutdown(wait=True)
+
+
+def place_peer(peer: torch.nn.Module, like: torch.Tensor, dtype: str) -> torch.nn.Module:
+    """``peer`` in eval mode on the device of ``like`` (a weight of the model that
+    trains), in the dtype --codistill-peer-dtype ``dtype`` gives next to it."""
+    return peer.to(device=like.device, dtype=peer_dtype(dtype, like.dtype, like.device)).eval()
 
 
 def _rank_world(group):

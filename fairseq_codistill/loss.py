@@ -157,13 +157,14 @@ class AlphaSchedule:
 
     During the first ``burn_in_updates`` updates alpha is 0 (Anil et al. 2018); it is
     never above ``alpha_max`` when one is set (a large gamma otherwise explodes alpha).
+    No defaults here: the --codistill-* options own them (``fairseq_codistill.options``).
     """
 
-    alpha0: float = 1.0
-    kind: str = "constant"
-    gamma: float = 1.1
-    alpha_max: Optional[float] = None
-    burn_in_updates: int = 0
+    alpha0: float
+    kind: str
+    gamma: float
+    alpha_max: Optional[float]
+    burn_in_updates: int
 
     def __post_init__(self):
         # Both front ends spell these --codistill-*: the messages name the flag to change.

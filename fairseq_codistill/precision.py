@@ -12,6 +12,7 @@ No fairseq import at module level: the vision trainer and the benchmarks use it 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import logging
 from pathlib import Path
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 FAST_BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> FrozenSet[str]:
     """The feature flags of the first CPU listed (Linux); empty where unknown."""
     try:
@@ -54,6 +56,22 @@ def fast_half(device: str = "cpu", flags: Optional[FrozenSet[str]] = None) -> st
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         return "fp16"
     return "fp32"
+
+
+# -- the peers' dtype (--codistill-peer-dtype) ---------------------------------------------
+
+PEER_DTYPES = ("auto", "same", "bf16", "fp16")
+HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peer_dtype(choice: str, model_dtype: torch.dtype, device) -> torch.dtype:
+    """The dtype a peer runs in, for --codistill-peer-dtype ``choice``, next to a model
+    trained in ``model_dtype`` on ``device``."""
+    if choice not in PEER_DTYPES:
+        raise ValueError(f"--codistill-peer-dtype must be one of {PEER_DTYPES} (got {choice!r})")
+    if choice == "auto":
+        choice = "bf16" if fast_bf16(torch.device(device).type) else "same"
+    return model_dtype if choice == "same" else HALF_DTYPES[choice]
 
 
 # -- fairseq-train --cpu --bf16 ----------------------------------------------------------

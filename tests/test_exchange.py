@@ -122,6 +122,13 @@ def test_peer_ids_for_each_topology():
     assert ex.peer_ids(0, 2, "ring") == [1]
 
 
+def exchange_config(root, model_id=0, num_models=2, **kw):
+    values = dict(topology="all", interval=5, dtype="fp16", peer_dtype="same", max_staleness=0,
+                  wait_for_peers=0.0, max_lead=0)
+    return ex.ExchangeConfig(root=str(root), model_id=model_id, num_models=num_models,
+                             **{**values, **kw})
+
+
 @pytest.mark.parametrize("change, flag", [
     ({"num_models": 1}, "--codistill-num-models"),
     ({"model_id": 2}, "--codistill-id"),
@@ -129,6 +136,7 @@ def test_peer_ids_for_each_topology():
     ({"interval": 0}, "--codistill-interval"),
     ({"topology": "star"}, "--codistill-topology"),
     ({"dtype": "int8"}, "--codistill-snapshot-dtype"),
+    ({"peer_dtype": "fp8"}, "--codistill-peer-dtype"),
     ({"max_staleness": -1}, "--codistill-max-staleness"),
     ({"wait_for_peers": -2.0}, "--codistill-wait-for-peers"),
     ({"max_lead": -1}, "--codistill-max-lead"),
@@ -136,7 +144,7 @@ def test_peer_ids_for_each_topology():
     ({"root": ""}, "--codistill-dir"),
 ])
 def test_exchange_config_names_the_bad_flag(tmp_path, change, flag):
-    cfg = ex.ExchangeConfig(root=str(tmp_path), model_id=0, num_models=2)
+    cfg = exchange_config(tmp_path)
     cfg.validate()
     for k, v in change.items():
         setattr(cfg, k, v)
@@ -157,7 +165,7 @@ def test_exchange_dir_that_can_never_work(tmp_path):
 
 
 def make_exchange(root, model_id, num_models=2, **kw):
-    cfg = ex.ExchangeConfig(root=str(root), model_id=model_id, num_models=num_models, interval=5, **kw)
+    cfg = exchange_config(root, model_id, num_models, **kw)
     return ex.PeerExchange(cfg, build_peer=lambda meta: torch.nn.Linear(3, meta["out"]),
                            meta={"out": 2},
                            check_peer=lambda meta: None if meta["out"] == 2 else (_ for _ in ()).throw(
@@ -236,6 +244,14 @@ def test_a_bf16_peer_runs_a_transposed_batch_as_one_matmul(tmp_path):
                               atol=0.05)
     finally:
         x0.close(), x1.close()
+
+
+def test_a_bf16_peer_next_to_an_fp32_model(tmp_path):
+    with exchanged_pair(tmp_path, peer_dtype="bf16") as (x0, _, m0, m1):
+        (peer,) = x0.active_peers()
+        assert m0.weight.dtype == torch.float32 and peer.weight.dtype == torch.bfloat16
+        # fp16 snapshot read into bf16 (8 bits of mantissa): within 2^-8 relative
+        assert torch.allclose(peer.weight.float(), m1.weight, rtol=2 ** -8, atol=1e-3)
 
 
 def test_max_staleness_drops_an_old_peer(tmp_path):
@@ -355,7 +371,7 @@ def test_a_peer_that_cannot_be_built_is_skipped_and_training_goes_on(tmp_path, c
     # the snapshot is sound, but this install cannot build its architecture
     ex.write_snapshot(tmp_path, 1, 5, ex.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
                       meta={"out": 2})
-    cfg = ex.ExchangeConfig(root=str(tmp_path), model_id=0, num_models=2, interval=5)
+    cfg = exchange_config(tmp_path)
 
     def unknown_arch(meta):
         raise KeyError("arch 'transformer_xxl' is not registered")

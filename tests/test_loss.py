@@ -119,25 +119,30 @@ def test_bad_arguments_are_named():
 # -- schedules ----------------------------------------------------------------------
 
 
+def schedule(alpha0=1.0, kind="constant", gamma=1.0, alpha_max=None, burn_in_updates=0):
+    return AlphaSchedule(alpha0=alpha0, kind=kind, gamma=gamma, alpha_max=alpha_max,
+                         burn_in_updates=burn_in_updates)
+
+
 def test_constant_schedule():
-    s = AlphaSchedule(alpha0=0.5)
+    s = schedule(alpha0=0.5, gamma=1.1)  # gamma unused
     assert [s(epoch=e, num_updates=100 * e) for e in (1, 5, 50)] == [0.5, 0.5, 0.5]
 
 
 def test_exponential_schedule_at_chosen_epochs():
-    s = AlphaSchedule(alpha0=2.0, kind="exponential", gamma=1.1)
+    s = schedule(alpha0=2.0, kind="exponential", gamma=1.1)
     assert s(epoch=1) == pytest.approx(2.0)  # 2 * 1.1^0
     assert s(epoch=2) == pytest.approx(2.2)  # 2 * 1.1^1
     assert s(epoch=11) == pytest.approx(2.0 * 2.5937424601)  # 1.1^10 = 2.5937...
 
 
 def test_step_schedule_counts_lr_decays():
-    s = AlphaSchedule(alpha0=1.0, kind="step", gamma=2.0)
+    s = schedule(alpha0=1.0, kind="step", gamma=2.0)
     assert [s(epoch=40, num_lr_decays=d) for d in (0, 1, 3)] == [1.0, 2.0, 8.0]
 
 
 def test_burn_in_and_cap():
-    s = AlphaSchedule(alpha0=1.0, kind="exponential", gamma=1.5, alpha_max=2.0, burn_in_updates=100)
+    s = schedule(alpha0=1.0, kind="exponential", gamma=1.5, alpha_max=2.0, burn_in_updates=100)
     assert s(epoch=3, num_updates=99) == 0.0  # still burning in
     assert s(epoch=2, num_updates=100) == pytest.approx(1.5)  # 1.5^1
     assert s(epoch=3, num_updates=200) == pytest.approx(2.0)  # 1.5^2 = 2.25, capped at 2
@@ -152,7 +157,7 @@ def test_burn_in_and_cap():
 ])
 def test_schedule_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        AlphaSchedule(**kwargs)
+        schedule(**kwargs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

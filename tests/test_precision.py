@@ -80,3 +80,28 @@ def test_fairseq_train_cpu_bf16_trains_in_bf16(data_bin, tmp_path):
     state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     # fairseq saves weights as fp32 whatever the training dtype; the config says bf16.
     assert state["cfg"]["common"]["bf16"] is True and state["cfg"]["common"]["tpu"] is False
+
+
+@pytest.mark.parametrize("choice, model, peer", [
+    ("same", torch.float32, torch.float32),
+    ("same", torch.bfloat16, torch.bfloat16),
+    ("bf16", torch.float32, torch.bfloat16),
+    ("fp16", torch.bfloat16, torch.float16),
+])
+def test_peer_dtype(choice, model, peer):
+    assert precision.peer_dtype(choice, model, "cpu") == peer
+
+
+@pytest.mark.parametrize("fast, model, peer", [
+    (True, torch.float32, torch.bfloat16),   # a CPU with AMX / AVX512-BF16
+    (False, torch.float32, torch.float32),   # elsewhere: the model's own dtype
+    (False, torch.bfloat16, torch.bfloat16),
+])
+def test_auto_peer_dtype_is_bf16_only_where_it_is_fast(monkeypatch, fast, model, peer):
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: fast)
+    assert precision.peer_dtype("auto", model, "cpu") == peer
+
+
+def test_bad_peer_dtype_names_the_flag():
+    with pytest.raises(ValueError, match="--codistill-peer-dtype"):
+        precision.peer_dtype("fp8", torch.float32, "cpu")

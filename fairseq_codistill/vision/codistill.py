@@ -16,7 +16,7 @@ from torch import nn
 from fairseq_codistill.exchange import PeerExchange, SnapshotError
 from fairseq_codistill.loss import codistill_penalty
 from fairseq_codistill.vision.models import arch_error, build_model
-from fairseq_codistill.vision.options import alpha_schedule, exchange_config
+from fairseq_codistill.options import alpha_schedule, exchange_config
 
 
 def model_meta(arch: str, num_classes: int) -> dict:
@@ -61,7 +61,9 @@ class Codistillation:
         if not peers:
             return None
         with torch.inference_mode():
-            peer_logits = [peer(images) for peer in peers]  # [(B, C)]
+            # A peer may run in another dtype (--codistill-peer-dtype); autocast, when on,
+            # casts again per op.
+            peer_logits = [peer(images.to(next(peer.parameters()).dtype)) for peer in peers]  # [(B, C)]
         total = codistill_penalty(logits, peer_logits, kind=self.kind, reduction="sum",
                                   temperature=self.temperature)
         return total / logits.shape[0]

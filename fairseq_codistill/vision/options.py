@@ -1,7 +1,7 @@
 """Command-line flags of the vision trainer, the paper's presets, and their validation.
 
-The ``--codistill-*`` flags have the names and meanings of the NMT task's
-(``fairseq_codistill/task.py``, ``criterion.py``), so one recipe reads like the other.
+The ``--codistill-*`` flags are the NMT task's, defined once in ``fairseq_codistill/options.py``
+(defaults, help texts, checks), so one recipe reads like the other.
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import os
 from fractions import Fraction
 from typing import List, Optional, Sequence, Tuple
 
-from fairseq_codistill.exchange import SNAPSHOT_DTYPES, TOPOLOGIES, ExchangeConfig, check_exchange_dir
-from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule
+from fairseq_codistill import options as opts
+from fairseq_codistill.exchange import check_exchange_dir
 from fairseq_codistill.vision.data import require_torchvision
 from fairseq_codistill.vision.models import arch_error
 from fairseq_codistill.vision.schedules import LR_SCHEDULES, scale_for_fraction
@@ -107,39 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--evaluate", metavar="CKPT", default="", help="no training: validate the "
                    "model of this checkpoint (built from the config inside it) and print JSON")
 
-    g = p.add_argument_group("codistillation (the NMT task's flags)")
-    g.add_argument("--codistill-dir", default="", help="exchange directory shared by all "
-                   "codistilled models (a shared filesystem in a cluster); none: all-reduce only")
-    g.add_argument("--codistill-id", type=int, default=-1, help="this model's id, 0 .. num-models-1")
-    g.add_argument("--codistill-num-models", type=int, default=2, help="models codistilling together")
-    g.add_argument("--codistill-topology", choices=TOPOLOGIES, default="all",
-                   help="all: distil from every other model (the paper); ring: from model (id+1) mod n")
-    g.add_argument("--codistill-interval", type=int, default=2500, help="updates between "
-                   "publishing our snapshot and re-reading the peers'; the paper's ImageNet value")
-    g.add_argument("--codistill-snapshot-dtype", choices=list(SNAPSHOT_DTYPES), default="fp16",
-                   help="dtype of published weights (fp16: half the bytes of fp32)")
-    g.add_argument("--codistill-max-staleness", type=int, default=0, help="drop a peer whose "
-                   "snapshot is more than this many updates behind ours; 0 = no limit")
-    g.add_argument("--codistill-wait-for-peers", type=float, default=0.0, help="seconds to "
-                   "wait, at the first exchange, for peers that have not published yet; with "
-                   "--codistill-max-lead, the most to wait at each exchange")
-    g.add_argument("--codistill-max-lead", type=int, default=0, help="at each exchange, wait "
-                   "until every peer has a snapshot at most this many updates behind ours "
-                   "(stale-synchronous); 0 = never wait")
-    g.add_argument("--codistill-alpha", type=float, default=1.0, help="weight of the "
-                   "penalty (initial value for exponential and step); the paper's ImageNet value")
-    g.add_argument("--codistill-alpha-schedule", choices=SCHEDULES, default="constant",
-                   help="constant; exponential: alpha * gamma^(epoch-1); step: alpha * "
-                   "gamma^(LR decays so far) -- the paper finds step and constant alike on ImageNet")
-    g.add_argument("--codistill-gamma", type=float, default=1.1, help="growth factor of the "
-                   "exponential and step schedules")
-    g.add_argument("--codistill-alpha-max", type=float, default=None, help="upper bound on alpha")
-    g.add_argument("--codistill-burn-in-updates", type=int, default=0, help="alpha is 0 for "
-                   "this many updates; no benefit at an interval of thousands of updates")
-    g.add_argument("--codistill-loss", choices=PENALTY_KINDS, default="mse", help="mse of the "
-                   "logits (the paper's) or kl of the softmaxes (Anil et al., Zhang et al.)")
-    g.add_argument("--codistill-temperature", type=float, default=1.0,
-                   help="softmax temperature of --codistill-loss kl")
+    g = p.add_argument_group("codistillation (the NMT task's flags, fairseq_codistill/options.py)")
+    opts.add_all(g, extra_help={
+        opts.DIR: "; none: a plain all-reduce trainer",
+        opts.ALPHA: "; 1, constant, is the paper's ImageNet choice",
+    })
     return p
 
 
@@ -161,24 +133,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def alpha_schedule(args) -> AlphaSchedule:
-    """The loss core's schedule; its errors name the --codistill-* flags."""
-    return AlphaSchedule(alpha0=args.codistill_alpha, kind=args.codistill_alpha_schedule,
-                         gamma=args.codistill_gamma, alpha_max=args.codistill_alpha_max,
-                         burn_in_updates=args.codistill_burn_in_updates)
-
-
-def exchange_config(args) -> ExchangeConfig:
-    if args.codistill_id < 0:
-        raise ValueError(f"--codistill-id is required with --codistill-dir: this model's id in "
-                         f"[0, --codistill-num-models) (got {args.codistill_id})")
-    return ExchangeConfig(
-        root=args.codistill_dir, model_id=args.codistill_id, num_models=args.codistill_num_models,
-        topology=args.codistill_topology, interval=args.codistill_interval,
-        dtype=args.codistill_snapshot_dtype, max_staleness=args.codistill_max_staleness,
-        wait_for_peers=args.codistill_wait_for_peers, max_lead=args.codistill_max_lead)
-
-
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ValueError(message)
@@ -198,7 +152,7 @@ def validate(args) -> None:
     for flag in ("epochs", "batch_size", "image_size", "dummy_train_size", "dummy_val_size"):
         value = getattr(args, flag)
         _check(value > 0, f"--{flag.replace('_', '-')} must be > 0 (got {value})")
-    _check(args.num_classes >= 0, f"--num-classes must be > 0 (got {args.num_classes})")
+    _check(args.num_classes >= 0, f"--num-classes must be >= 0 (got {args.num_classes})")
     _check(args.workers >= 0, f"--workers must be >= 0 (got {args.workers})")
     _check(args.print_freq >= 0, f"--print-freq must be >= 0 (got {args.print_freq})")
     _check(args.lr > 0 and math.isfinite(args.lr), f"--lr must be > 0 (got {args.lr})")
@@ -221,14 +175,10 @@ def validate(args) -> None:
     if args.preset and args.preset.startswith("goyal-codistill"):
         _check(bool(args.codistill_dir), f"--preset {args.preset} needs --codistill-dir "
                "(and --codistill-id); use --preset goyal-allreduce for a single model")
-    alpha_schedule(args)
-    _check(args.codistill_temperature > 0,
-           f"--codistill-temperature must be > 0 (got {args.codistill_temperature})")
-    _check(args.codistill_loss == "kl" or args.codistill_temperature == 1.0,
-           f"--codistill-temperature {args.codistill_temperature} only applies to "
-           "--codistill-loss kl (the mse penalty compares raw logits)")
+    opts.alpha_schedule(args)  # checks its --codistill-* flags
+    opts.check_penalty(args)
     if args.codistill_dir:
-        exchange_config(args).validate()
+        opts.exchange_config(args).validate()
         check_exchange_dir(args.codistill_dir)
 
 

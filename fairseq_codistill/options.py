@@ -1,0 +1,160 @@
+"""The ``--codistill-*`` options, defined once for both front ends.
+
+fairseq's dataclasses (the ``codistill_ce`` criterion, the ``codistill_translation``
+task) and the vision trainer's argparse parser take the same options. Each one's
+default, help text and choices live in an ``Option`` below; its checks live in the
+core object it configures (``AlphaSchedule``, ``ExchangeConfig``) or, for the penalty,
+in ``check_penalty`` here. Both front ends store the values under the same names
+(``cfg.codistill_alpha``, ``args.codistill_alpha``), so the builders at the end take
+either. No fairseq import: the vision trainer runs without fairseq.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Tuple
+
+from fairseq_codistill.exchange import SNAPSHOT_DTYPES, TOPOLOGIES, ExchangeConfig
+from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule
+from fairseq_codistill.precision import PEER_DTYPES
+
+
+@dataclass(frozen=True)
+class Option:
+    """One ``--codistill-*`` option: its value is stored as ``name``."""
+
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: Optional[Tuple[str, ...]] = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def field(self, extra_help: str = ""):
+        """The field of a fairseq dataclass (annotate it with ``self.type``, or with
+        ``ChoiceEnum(self.choices)``)."""
+        return dataclasses.field(default=self.default, metadata={"help": self.help + extra_help})
+
+    def add_to(self, parser, extra_help: str = "") -> None:
+        """The same option in an argparse parser or group."""
+        parser.add_argument(self.flag, type=self.type, default=self.default,
+                            choices=self.choices, help=self.help + extra_help)
+
+
+# -- the exchange (ExchangeConfig checks these) ------------------------------------------
+DIR = Option("codistill_dir", str, "", "exchange directory shared by all codistilled models "
+             "(a shared filesystem in a cluster)")
+ID = Option("codistill_id", int, -1, "this model's id, 0 .. num-models-1; required with "
+            "--codistill-dir")
+NUM_MODELS = Option("codistill_num_models", int, 2, "number of models codistilling together (>= 2)")
+TOPOLOGY = Option("codistill_topology", str, "all", "all: distil from every other model (the "
+                  "paper); ring: only from model (id+1) mod n, reading one snapshot per interval "
+                  "whatever n", choices=TOPOLOGIES)
+INTERVAL = Option("codistill_interval", int, 2500, "updates between publishing our snapshot and "
+                  "re-reading the peers'; 2500 is the paper's ImageNet value, robust to 2-4x "
+                  "either way")
+SNAPSHOT_DTYPE = Option("codistill_snapshot_dtype", str, "fp16", "dtype of published weights "
+                        "(fp16: half the bytes of fp32); cast to the peer's dtype on load",
+                        choices=tuple(SNAPSHOT_DTYPES))
+PEER_DTYPE = Option(
+    "codistill_peer_dtype", str, "auto",
+    "dtype the peers run their forward in; their logits are compared in fp32. same: the "
+    "model's; auto: bf16 where it is fast (a CPU with AMX-BF16 or AVX512-BF16, a GPU that "
+    "supports bf16), else same. Measured on a CPU with AMX: a bf16 peer's forward costs "
+    "0.28x an fp32 one, for a penalty within 1 part in 100 (README, Performance)",
+    choices=PEER_DTYPES)
+MAX_STALENESS = Option("codistill_max_staleness", int, 0, "drop a peer whose snapshot is more "
+                       "than this many of its updates behind ours, until a fresher one appears; "
+                       "0 = no limit")
+WAIT_FOR_PEERS = Option("codistill_wait_for_peers", float, 0.0, "seconds to wait, at the first "
+                        "exchange, for peers that have not published yet (otherwise train at "
+                        "alpha 0 until they do); with --codistill-max-lead, the most to wait at "
+                        "each exchange")
+MAX_LEAD = Option("codistill_max_lead", int, 0, "at each exchange, wait until every peer has a "
+                  "snapshot at most this many updates behind ours (stale-synchronous: bounds "
+                  "peer_staleness by lead + interval); a peer that misses "
+                  "--codistill-wait-for-peers is not waited for again until it publishes; "
+                  "0 = never wait")
+
+# -- alpha and the penalty (AlphaSchedule and check_penalty check these) ----------------
+ALPHA = Option("codistill_alpha", float, 1.0, "weight of the codistillation penalty (initial "
+               "value for the exponential and step schedules); 0 trains plain cross-entropy")
+ALPHA_SCHEDULE = Option("codistill_alpha_schedule", str, "constant", "constant; exponential: "
+                        "alpha * gamma^(epoch-1), the paper's NMT choice; step: alpha * "
+                        "gamma^(LR decays so far), for step LR schedules (the paper finds step "
+                        "and constant alike on ImageNet)", choices=SCHEDULES)
+GAMMA = Option("codistill_gamma", float, 1.1, "growth factor of the exponential and step "
+               "schedules; 1.1 is the paper's NMT value (1.5 made alpha explode)")
+ALPHA_MAX = Option("codistill_alpha_max", float, None, "upper bound on alpha (default: none)")
+BURN_IN_UPDATES = Option("codistill_burn_in_updates", int, 0, "alpha is 0 for this many "
+                         "updates; the paper found no benefit at an exchange interval of "
+                         "thousands of updates")
+LOSS = Option("codistill_loss", str, "mse", "mse: mean squared error of the logits (the "
+              "paper's choice); kl: KL(peer || own) of the softmaxes, as in Anil et al. / "
+              "Zhang et al.", choices=PENALTY_KINDS)
+TEMPERATURE = Option("codistill_temperature", float, 1.0,
+                     "softmax temperature of --codistill-loss kl")
+
+EXCHANGE_OPTIONS = (DIR, ID, NUM_MODELS, TOPOLOGY, INTERVAL, SNAPSHOT_DTYPE, PEER_DTYPE,
+                    MAX_STALENESS, WAIT_FOR_PEERS, MAX_LEAD)
+PENALTY_OPTIONS = (ALPHA, ALPHA_SCHEDULE, GAMMA, ALPHA_MAX, BURN_IN_UPDATES, LOSS, TEMPERATURE)
+ALL_OPTIONS = EXCHANGE_OPTIONS + PENALTY_OPTIONS
+
+
+def defaults(**overrides) -> argparse.Namespace:
+    """Every option at its default, as a namespace the builders below accept."""
+    values = {opt.name: opt.default for opt in ALL_OPTIONS}
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise TypeError(f"not --codistill-* options: {sorted(unknown)}")
+    return argparse.Namespace(**{**values, **overrides})
+
+
+# -- what the options configure ------------------------------------------------------------
+
+
+def alpha_schedule(cfg) -> AlphaSchedule:
+    """The loss core's schedule; its errors name the --codistill-* flags."""
+    return AlphaSchedule(alpha0=cfg.codistill_alpha, kind=str(cfg.codistill_alpha_schedule),
+                         gamma=cfg.codistill_gamma, alpha_max=cfg.codistill_alpha_max,
+                         burn_in_updates=cfg.codistill_burn_in_updates)
+
+
+def check_penalty(cfg) -> None:
+    """Reject a temperature that is not positive, or that the penalty would ignore."""
+    if not cfg.codistill_temperature > 0:
+        raise ValueError(f"--codistill-temperature must be > 0 (got {cfg.codistill_temperature})")
+    if str(cfg.codistill_loss) != "kl" and cfg.codistill_temperature != 1.0:
+        raise ValueError(f"--codistill-temperature {cfg.codistill_temperature} only applies to "
+                         "--codistill-loss kl (the mse penalty compares raw logits)")
+
+
+def exchange_config(cfg) -> ExchangeConfig:
+    """The exchange's config; ``ExchangeConfig.validate`` checks it, naming the flags."""
+    if cfg.codistill_id < 0:
+        raise ValueError(f"--codistill-id is required: this model's id in [0, "
+                         f"--codistill-num-models) (got {cfg.codistill_id})")
+    return ExchangeConfig(
+        root=cfg.codistill_dir,
+        model_id=cfg.codistill_id,
+        num_models=cfg.codistill_num_models,
+        topology=str(cfg.codistill_topology),
+        interval=cfg.codistill_interval,
+        dtype=str(cfg.codistill_snapshot_dtype),
+        peer_dtype=str(cfg.codistill_peer_dtype),
+        max_staleness=cfg.codistill_max_staleness,
+        wait_for_peers=cfg.codistill_wait_for_peers,
+        max_lead=cfg.codistill_max_lead,
+    )
+
+
+def add_all(parser, extra_help: Optional[dict] = None) -> None:
+    """Add every option to an argparse parser or group; ``extra_help`` maps an option to
+    text appended to its help (what it means in that front end)."""
+    extra_help = extra_help or {}
+    for opt in ALL_OPTIONS:
+        opt.add_to(parser, extra_help.get(opt, ""))
