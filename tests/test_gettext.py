@@ -158,6 +158,14 @@ def test_split_is_seeded_disjoint_and_sized():
     assert a != gettext_corpus.split(pairs, valid=5, test=7, seed=4)
 
 
+def test_train_fraction_keeps_valid_and_test():
+    pairs = [(f"s{i}", f"t{i}") for i in range(50)]
+    full = gettext_corpus.split(pairs, valid=5, test=7, seed=3)
+    quarter = gettext_corpus.split(pairs, valid=5, test=7, seed=3, train_fraction=0.25)
+    assert quarter["valid"] == full["valid"] and quarter["test"] == full["test"]
+    assert quarter["train"] == full["train"][:10]  # round(38 / 4) = 10: a prefix, so nested
+
+
 def test_main_writes_aligned_files(catalogs, tmp_path):
     out = tmp_path / "raw"
     code = gettext_corpus.main(["--lang", "de", "--locale-dir", str(catalogs), "--out", str(out),
