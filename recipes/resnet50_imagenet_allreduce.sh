@@ -7,6 +7,7 @@
 #   DATA=/path/to/imagenet SAVE_DIR=runs/resnet50_allreduce \
 #       bash recipes/resnet50_imagenet_allreduce.sh [fairseq-codistill-vision args...]
 #   TINY=1 SAVE_DIR=/tmp/smoke bash recipes/resnet50_imagenet_allreduce.sh   # CPU smoke test
+#   AMP=fp16 CHANNELS_LAST=0 COMPILE=1 ...  # precision and speed (default: bf16 on GPUs that have it)
 set -euo pipefail
 # shellcheck source=recipes/resnet50_imagenet_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/resnet50_imagenet_common.sh"

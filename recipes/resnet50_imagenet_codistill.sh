@@ -9,6 +9,7 @@
 #   DATA=/path/to/imagenet SAVE_DIR=runs/resnet50_codistill \
 #       bash recipes/resnet50_imagenet_codistill.sh [fairseq-codistill-vision args...]
 #   ARCHS=resnet50,resnext101_32x8d ...   # models of different architectures
+#   AMP=fp16 CHANNELS_LAST=0 COMPILE=1 ...  # precision and speed (default: bf16 on GPUs that have it)
 #   TINY=1 SAVE_DIR=/tmp/smoke bash recipes/resnet50_imagenet_codistill.sh   # CPU smoke test
 set -euo pipefail
 # shellcheck source=recipes/resnet50_imagenet_common.sh

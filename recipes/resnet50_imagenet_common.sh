@@ -23,6 +23,11 @@ ARCH=${ARCH:-resnet50}        # any torchvision classifier, e.g. resnext101_32x8
 WORKERS=${WORKERS:-8}         # data-loading processes per GPU
 SEED=${SEED:-0}               # codistilled model i uses SEED + i
 DRY_RUN=${DRY_RUN:-0}         # 1: print the torchrun commands instead of running them
+# Mixed precision: auto is bf16 on GPUs that support it (Ampere and later: no loss scaling,
+# half the activation memory), else none (fp32; on older GPUs set AMP=fp16). Peers run in it.
+AMP=${AMP:-auto}
+CHANNELS_LAST=${CHANNELS_LAST:-$([[ "$NGPU" != 0 ]] && echo 1 || echo 0)}  # NHWC: tensor cores' layout
+COMPILE=${COMPILE:-0}         # 1: torch.compile each model (minutes of compilation first)
 
 die() {
     echo "$(basename "$0"): error: $*" >&2
@@ -45,6 +50,25 @@ common_args() {
         COMMON_ARGS=(--data "$DATA")
     fi
     COMMON_ARGS+=(--workers "$WORKERS" --seed "$SEED")
+    speed_args
+}
+
+# speed_args: --amp, --channels-last and --compile from AMP, CHANNELS_LAST and COMPILE.
+speed_args() {
+    local amp=$AMP
+    if [[ "$amp" == auto ]]; then
+        amp=none
+        if (( NGPU > 0 )) && [[ "$("$PYTHON" -m fairseq_codistill.precision --device cuda 2>/dev/null || true)" == bf16 ]]; then
+            amp=bf16
+        fi
+    fi
+    COMMON_ARGS+=(--amp "$amp")
+    if [[ "$CHANNELS_LAST" == 1 ]]; then
+        COMMON_ARGS+=(--channels-last)
+    fi
+    if [[ "$COMPILE" == 1 ]]; then
+        COMMON_ARGS+=(--compile)
+    fi
 }
 
 # gpu_slice START COUNT: COUNT of the visible GPUs (CUDA_VISIBLE_DEVICES, else 0..NGPU-1)

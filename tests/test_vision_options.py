@@ -47,3 +47,21 @@ def test_schedules_from_the_presets_on_16_gpus(tmp_path):
     h = schedules_from_args(args_of(tmp_path, "--preset", "goyal-codistill-adjusted"), world=8)
     assert [h.lr(e) for e in (0, 17.9, 18, 38, 44)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.0001])
     assert [h.wd(e) for e in (0, 18, 38)] == [1e-4, 1e-5, 0.0]
+
+
+def test_help_lists_the_speed_flags(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    out = capsys.readouterr().out
+    for flag in ("--amp {none,bf16,fp16}", "--channels-last", "--compile", "--codistill-peer-dtype"):
+        assert flag in out
+
+
+@pytest.mark.parametrize("flags, peer_dtype", [
+    ([], "auto"),                                             # the exchange decides per device
+    (["--amp", "bf16"], "bf16"),                              # peers in the model's precision
+    (["--amp", "fp16"], "fp16"),
+    (["--amp", "bf16", "--codistill-peer-dtype", "same"], "same"),  # an explicit choice stays
+])
+def test_amp_sets_the_peers_precision_unless_given(flags, peer_dtype):
+    assert parse_args(["--dummy", "--arch", "resnet8", *flags]).codistill_peer_dtype == peer_dtype

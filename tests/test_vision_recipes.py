@@ -64,3 +64,17 @@ def test_codistill_recipe_smoke_on_cpu(tmp_path):
         assert log[1]["lr"] == pytest.approx(6.25e-6) and log[1]["wd"] == 0.0
         assert log[0]["wd"] == 1e-4 and all(r["alpha"] == 1.0 for r in log)
     assert all(list_snapshots(tmp_path / "exchange", i) for i in range(2))  # both published
+
+
+@pytest.mark.parametrize("env, flags", [
+    # No GPU here, so auto finds no bf16 GPU: fp32; NGPU > 0 still means NHWC.
+    ({}, "--amp none --channels-last"),
+    ({"AMP": "bf16", "COMPILE": "1"}, "--amp bf16 --channels-last --compile"),
+    ({"AMP": "fp16", "CHANNELS_LAST": "0"}, "--amp fp16"),
+])
+def test_recipes_pass_the_speed_flags(tmp_path, env, flags):
+    for name in ("resnet50_imagenet_codistill.sh", "resnet50_imagenet_allreduce.sh"):
+        proc = recipe(name, NGPU=8, DATA=tmp_path, SAVE_DIR=tmp_path / "r", DRY_RUN=1, **env)
+        assert proc.returncode == 0, proc.stderr
+        for line in proc.stdout.splitlines():
+            assert f"--seed 0 {flags} --arch" in line, line

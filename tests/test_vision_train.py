@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from conftest import cpu_env, run, tool
-from fairseq_codistill.exchange import list_snapshots, write_snapshot
-from fairseq_codistill.vision.train import main
+from fairseq_codistill.exchange import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
+from fairseq_codistill.vision.codistill import Codistillation, model_meta
+from fairseq_codistill.vision.models import build_model
+from fairseq_codistill.vision.options import parse_args
+from fairseq_codistill.vision.train import Compute, main, update
 
 # 128 images of 16 px in 10 classes, batch 8: 16 updates per epoch in one process.
 TINY = ["--dummy", "--image-size", "16", "--num-classes", "10", "--dummy-train-size", "128",
@@ -192,3 +195,79 @@ def test_data_dir_without_torchvision_names_the_flags(tmp_path):
     proc = run(vision("--data", tmp_path, "--arch", "resnet8"), check=False, timeout=60)
     assert proc.returncode == 2
     assert "--data" in proc.stderr and "needs torchvision" in proc.stderr and "--dummy" in proc.stderr
+
+
+# -- --amp, --channels-last, --compile ---------------------------------------------------
+
+
+def installed_peer(codistill, model, snapshot_update=4):
+    """Step the model's exchange until the peer snapshot at ``snapshot_update`` is in."""
+    codistill.step(snapshot_update, model)
+    for peer in codistill.exchange.peers.values():
+        if peer.pending is not None:
+            peer.pending.result(timeout=30)
+    codistill.step(snapshot_update + 1, model)
+    return codistill.exchange.active_peers()
+
+
+def test_bf16_autocast_runs_model_and_peer_in_bf16_channels_last(tmp_path):
+    x = tmp_path / "x"
+    args = parse_args(TINY + ["--arch", "resnet8", "--amp", "bf16", "--channels-last",
+                              "--codistill-dir", str(x), "--codistill-id", "0", "--codistill-interval", "4"])
+    assert args.codistill_peer_dtype == "bf16"  # auto follows --amp
+    torch.manual_seed(1)
+    write_snapshot(x, 1, 4, cast_state_dict(build_model("resnet8", 10).state_dict(), "fp16"),
+                   meta=model_meta("resnet8", 10), dtype="fp16")
+    compute = Compute.from_args(args, torch.device("cpu"))
+    model = build_model("resnet8", 10).to(memory_format=compute.memory_format)
+    codistill = Codistillation(args, model, 10)
+    try:
+        (peer,) = installed_peer(codistill, model)
+        conv = peer.stem[0].weight
+        assert conv.dtype == torch.bfloat16 and conv.is_contiguous(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        images = compute.images(torch.randn(8, 3, 16, 16))
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        loss, penalty, output = update(model, images, torch.arange(8) % 10, optimizer, codistill,
+                                       1.0, compute)
+    finally:
+        codistill.close()
+    assert output.dtype == torch.bfloat16  # the model's forward ran under autocast
+    assert torch.isfinite(loss) and penalty > 0
+    assert all(p.dtype == torch.float32 and p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_trains_and_checkpoints_its_loss_scale(tmp_path, amp):
+    main(TINY[:-2] + ["--lr-milestones", "", "--arch", "resnet8", "--epochs", "1", "--amp", amp, "--channels-last",
+                 "--save-dir", str(tmp_path)])
+    (record,) = metrics(tmp_path)
+    assert 0 < record["train_loss"] < 10 and 0 < record["val_loss"] < 10  # finite, and learning
+    state = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+    # fp16: the GradScaler's scale, 2^16 at the start, travels with the checkpoint
+    assert (state["scaler"] is not None) == (amp == "fp16")
+    if amp == "fp16":
+        assert 0 < state["scaler"]["scale"] <= 2.0 ** 16
+
+
+@pytest.mark.timeout(180)
+def test_compile_trains_the_compiled_model_and_publishes_the_plain_one(tmp_path, monkeypatch):
+    compiled = []
+    real_compile = torch.compile
+
+    def eager_compile(model):  # dynamo without code generation: seconds, not minutes
+        compiled.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    x = tmp_path / "x"
+    main(TINY[:-2] + ["--lr-milestones", "", "--arch", "resnet8", "--epochs", "1", "--compile",
+                      "--save-dir", str(tmp_path / "m0"),
+                 "--codistill-dir", str(x), "--codistill-id", "0", "--codistill-interval", "8"])
+    assert len(compiled) == 1
+    (published,) = list_snapshots(x, 0)  # at update 8 of 16
+    checkpoint = torch.load(tmp_path / "m0" / "checkpoint_last.pt", weights_only=True)
+    for names in (read_snapshot(published.path).state_dict, checkpoint["model"]):
+        assert "stem.0.weight" in names and not any("_orig_mod" in n for n in names)

@@ -24,8 +24,8 @@ def model_meta(arch: str, num_classes: int) -> dict:
     return {"arch": arch, "num_classes": num_classes}
 
 
-def build_peer(meta: dict) -> nn.Module:
-    return build_model(str(meta["arch"]), int(meta["num_classes"]))
+def build_peer(meta: dict, memory_format: torch.memory_format = torch.contiguous_format) -> nn.Module:
+    return build_model(str(meta["arch"]), int(meta["num_classes"])).to(memory_format=memory_format)
 
 
 class Codistillation:
@@ -35,7 +35,9 @@ class Codistillation:
         self.schedule = alpha_schedule(args)
         self.kind, self.temperature = args.codistill_loss, args.codistill_temperature
         self.num_classes = num_classes
-        self.exchange = PeerExchange(exchange_config(args), build_peer=build_peer,
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.exchange = PeerExchange(exchange_config(args),
+                                     build_peer=lambda meta: build_peer(meta, layout),
                                      meta=model_meta(args.arch, num_classes),
                                      check_peer=self.check_peer, group=group)
 

@@ -11,6 +11,8 @@ import os
 from fractions import Fraction
 from typing import List, Optional, Sequence, Tuple
 
+import torch
+
 from fairseq_codistill import options as opts
 from fairseq_codistill.exchange import check_exchange_dir
 from fairseq_codistill.vision.data import require_torchvision
@@ -33,6 +35,7 @@ PRESETS = {
 }
 COMMON = dict(lr=0.1, batch_size=32, momentum=0.9, lr_schedule="step", lr_decay=0.1)
 # The flags a resumed run must share with its checkpoint.
+AMP_DTYPES = ("none", "bf16", "fp16")
 RESUME_INVARIANTS = ("arch", "num_classes", "seed", "batch_size", "train_fraction", "codistill_id")
 
 
@@ -98,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if CUDA is there")
     p.set_defaults(**COMMON, **PRESETS["goyal-allreduce"])
 
+    g = p.add_argument_group("speed")
+    g.add_argument("--amp", choices=AMP_DTYPES, default="none", help="mixed precision: forward "
+                   "passes under torch.autocast in this dtype, weights and optimizer in fp32; "
+                   "fp16 adds a GradScaler. Peers run in it too (with --codistill-peer-dtype "
+                   "auto). bf16 needs a GPU that supports it (Ampere or later) or a CPU with "
+                   "fast bf16: `python -m fairseq_codistill.precision [--device cuda]` says")
+    g.add_argument("--channels-last", action="store_true", help="NHWC layout for the model, "
+                   "its peers and the images: the layout tensor cores and oneDNN convolve fastest")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (not its "
+                   "peers): faster updates after a compilation of minutes at the start")
+
     g = p.add_argument_group("checkpoints and logs")
     g.add_argument("--save-dir", default="checkpoints", help="checkpoint_last.pt, "
                    "checkpoint_best.pt and metrics.jsonl (one JSON line per epoch) of this model")
@@ -130,6 +144,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.train_fraction < 1:
         args.epochs, args.warmup_epochs, args.lr_milestones = scale_for_fraction(
             args.epochs, args.warmup_epochs, args.lr_milestones, args.train_fraction)
+    if args.amp != "none" and args.codistill_peer_dtype == "auto":
+        args.codistill_peer_dtype = args.amp  # peers in the model's precision
     return args
 
 
@@ -177,6 +193,9 @@ def validate(args) -> None:
                "(and --codistill-id); use --preset goyal-allreduce for a single model")
     opts.alpha_schedule(args)  # checks its --codistill-* flags
     opts.check_penalty(args)
+    _check(args.amp != "bf16" or args.cpu or not torch.cuda.is_available()
+           or torch.cuda.is_bf16_supported(),
+           "--amp bf16: this GPU does not support bf16; use --amp fp16")
     if args.codistill_dir:
         opts.exchange_config(args).validate()
         check_exchange_dir(args.codistill_dir)

@@ -61,6 +61,39 @@ class Schedules:
         return lr, wd
 
 
+@dataclass
+class Compute:
+    """How the tensors of an update are computed: --amp (autocast, and a GradScaler for
+    fp16) and --channels-last (NHWC images; the model is converted at setup)."""
+
+    device: torch.device
+    amp_dtype: Optional[torch.dtype] = None  # None: fp32 throughout
+    scaler: Optional[torch.amp.GradScaler] = None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @classmethod
+    def from_args(cls, args, device: torch.device) -> "Compute":
+        amp_dtype = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
+        scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        return cls(device, amp_dtype, scaler, layout)
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer) -> None:
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        self.scaler.update()
+
+
 def schedules_from_args(args, world: int) -> Schedules:
     milestones = tuple(args.lr_milestones)
     return Schedules(
@@ -83,37 +116,38 @@ def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (
 
 
 def update(model: nn.Module, images: torch.Tensor, target: torch.Tensor, optimizer,
-           codistill: Optional[Codistillation], alpha: float):
-    """One SGD step on cross-entropy + alpha * penalty; (loss, penalty or None, logits), detached."""
-    output = model(images)  # (B, C)
-    loss = F.cross_entropy(output, target)
-    penalty = codistill.penalty(images, output) if alpha > 0 else None
+           codistill: Optional[Codistillation], alpha: float, compute: Compute):
+    """One SGD step on cross-entropy + alpha * penalty; (loss, penalty or None, logits), detached.
+    The peers' forward runs under the same autocast as the model's."""
+    with compute.autocast():
+        output = model(images)  # (B, C)
+        loss = F.cross_entropy(output, target)
+        penalty = codistill.penalty(images, output) if alpha > 0 else None
     total = loss if penalty is None else loss + alpha * penalty
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
-    optimizer.step()
+    compute.backward_and_step(total, optimizer)
     return loss.detach(), None if penalty is None else penalty.detach(), output.detach()
 
 
 def train(loader, model: nn.Module, optimizer, schedules: Schedules, codistill: Optional[Codistillation],
-          progress: Progress, device, print_freq: int) -> Dict[str, float]:
+          progress: Progress, compute: Compute, print_freq: int) -> Dict[str, float]:
     """One epoch of updates; the epoch's training metrics, summed over the ranks."""
     model.train()
     per_epoch = len(loader)
     # loss * images, codistill loss, codistilled batches, top-1 hits, images
-    sums = torch.zeros(5, dtype=torch.float64, device=device)
+    sums = torch.zeros(5, dtype=torch.float64, device=compute.device)
     lr = wd = alpha = 0.0
     start = time.time()
     for i, (images, target) in enumerate(loader):
         epoch_f = progress.num_updates / per_epoch
         lr, wd = schedules.apply(optimizer, epoch_f)
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
+        images = compute.images(images)
+        target = target.to(compute.device, non_blocking=True)
         if codistill is not None:
             codistill.step(progress.num_updates, unwrap(model))  # publish / swap peers
             alpha = codistill.alpha(progress.epoch + 1, progress.num_updates,
                                     num_decays(epoch_f, schedules.lr.milestones))
-        loss, penalty, output = update(model, images, target, optimizer, codistill, alpha)
+        loss, penalty, output = update(model, images, target, optimizer, codistill, alpha, compute)
         progress.num_updates += 1
         zero = loss.new_zeros(())
         sums += torch.stack([loss * target.shape[0], zero if penalty is None else penalty,
@@ -133,16 +167,17 @@ def train(loader, model: nn.Module, optimizer, schedules: Schedules, codistill: 
     }
 
 
-def validate(loader, model: nn.Module, device) -> Dict[str, float]:
+def validate(loader, model: nn.Module, compute: Compute) -> Dict[str, float]:
     """Plain cross-entropy and top-1/top-5 on the whole validation set (all ranks)."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top-1, top-5, images
+    sums = torch.zeros(4, dtype=torch.float64, device=compute.device)  # loss sum, top-1, top-5, images
     with torch.inference_mode():
         for images, target in loader:
-            images = images.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
-            output = model(images)  # (B, C)
-            loss = F.cross_entropy(output, target, reduction="sum")
+            images = compute.images(images)
+            target = target.to(compute.device, non_blocking=True)
+            with compute.autocast():
+                output = model(images)  # (B, C)
+            loss = F.cross_entropy(output.float(), target, reduction="sum")
             top1, top5 = accuracy(output, target, topk=(1, 5))
             sums += torch.stack([loss, top1.to(loss.dtype), top5.to(loss.dtype),
                                  loss.new_tensor(float(images.shape[0]))]).double()
@@ -172,8 +207,8 @@ def save_checkpoint(state: dict, is_best: bool, save_dir: Path) -> None:
             atomic_write(save_dir / "checkpoint_best.pt", lambda f: shutil.copyfileobj(src, f))
 
 
-def checkpoint_state(args, model: nn.Module, optimizer, progress: Progress,
-                     num_classes: int, codistill: Optional[Codistillation]) -> dict:
+def checkpoint_state(args, model: nn.Module, optimizer, progress: Progress, num_classes: int,
+                     codistill: Optional[Codistillation], compute: Compute) -> dict:
     return {
         "version": CHECKPOINT_VERSION,
         # Enough to rebuild the model without the command line (nanoGPT style).
@@ -181,6 +216,7 @@ def checkpoint_state(args, model: nn.Module, optimizer, progress: Progress,
                          "image_size": args.image_size},
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
+        "scaler": compute.scaler.state_dict() if compute.scaler is not None else None,
         "progress": vars(progress).copy(),
         "args": vars(args).copy(),
         "exchange": codistill.exchange.state_dict() if codistill is not None else None,
@@ -198,7 +234,7 @@ def model_from_checkpoint(path: str) -> Tuple[nn.Module, dict]:
 
 
 def load_checkpoint(path: str, args, model: nn.Module, optimizer, num_classes: int,
-                    updates_per_epoch: int) -> Tuple[Progress, Optional[dict]]:
+                    updates_per_epoch: int, compute: Compute) -> Tuple[Progress, Optional[dict]]:
     """Restore model, optimizer and RNG in place; (progress, exchange state). The flags
     the run depends on must match the checkpoint's (a mismatch names the flag)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -218,6 +254,8 @@ def load_checkpoint(path: str, args, model: nn.Module, optimizer, num_classes: i
                          "--batch-size, the number of processes and the data the same")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
+    if compute.scaler is not None and state.get("scaler"):  # the fp16 loss scale reached
+        compute.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"])
     logger.info("resumed from %s: epoch %d, update %d", path, progress.epoch, progress.num_updates)
     return progress, state.get("exchange")
@@ -269,6 +307,8 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
@@ -289,8 +329,9 @@ class Job:
     rank: int
     device: torch.device
     model: nn.Module  # unwrapped: checkpoints, snapshots, param_dist
-    ddp: nn.Module  # what trains: the DDP wrapper, or the model itself in one process
+    ddp: nn.Module  # what trains: the DDP wrapper, or the model itself in one process; compiled
     optimizer: torch.optim.Optimizer
+    compute: Compute
     train_loader: DataLoader
     val_loader: DataLoader
     schedules: Schedules
@@ -328,7 +369,8 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
     train_set, val_set, num_classes = build_datasets(args)
     model = build_model(args.arch, num_classes)  # on the CPU: the same weights anywhere
     init = {n: p.detach().float().clone() for n, p in model.named_parameters()} if rank == 0 else None
-    model.to(device)
+    compute = Compute.from_args(args, device)
+    model.to(device, memory_format=compute.memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.wd_schedule[0])
     pin = device.type == "cuda"
@@ -340,11 +382,13 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
     progress, exchange_state = Progress(), None
     if os.path.isfile(resume):
         progress, exchange_state = load_checkpoint(resume, args, model, optimizer, num_classes,
-                                                   len(train_data))
+                                                   len(train_data), compute)
         if rank == 0:
             drop_metrics_after(save_dir / "metrics.jsonl", progress.epoch)
     ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None) \
         if world > 1 else model
+    if args.compile:
+        ddp = torch.compile(ddp)
     codistill = None
     if args.codistill_dir:
         codistill = Codistillation(args, model, num_classes)
@@ -353,7 +397,7 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
     logger.info("%s: %d classes, %d processes x %d images, %d updates per epoch, epochs %d..%d",
                 args.arch, num_classes, world, args.batch_size, len(train_data),
                 progress.epoch + 1, args.epochs)
-    return Job(args, rank, device, model, ddp, optimizer, train_data, val_data,
+    return Job(args, rank, device, model, ddp, optimizer, compute, train_data, val_data,
                schedules_from_args(args, world), codistill, num_classes, init, progress, save_dir)
 
 
@@ -363,7 +407,8 @@ def evaluate(args, rank: int, world: int, device: torch.device) -> None:
     _, val_set, _ = build_datasets(argparse.Namespace(**{**vars(args), **config}))
     loader = val_loader(val_set, args.batch_size, args.workers, rank, world,
                         pin_memory=device.type == "cuda")
-    metrics = validate(loader, model.to(device), device)
+    compute = Compute.from_args(args, device)
+    metrics = validate(loader, model.to(device, memory_format=compute.memory_format), compute)
     if rank == 0:
         print(json.dumps({"checkpoint": args.evaluate, **config, **metrics}), flush=True)
 
@@ -376,8 +421,8 @@ def fit(job: Job) -> None:
             job.train_loader.sampler.set_epoch(epoch)
             start = time.time()
             record = train(job.train_loader, job.ddp, job.optimizer, job.schedules, job.codistill,
-                           progress, job.device, args.print_freq)
-            record.update(validate(job.val_loader, job.ddp, job.device))
+                           progress, job.compute, args.print_freq)
+            record.update(validate(job.val_loader, job.ddp, job.compute))
             progress.epoch = epoch + 1
             is_best = record["val_acc1"] > progress.best_acc1
             progress.best_acc1 = max(progress.best_acc1, record["val_acc1"])
@@ -385,8 +430,8 @@ def fit(job: Job) -> None:
                 record.update(epoch=progress.epoch, updates=progress.num_updates,
                               param_dist=param_dist(job.model, job.init), seconds=time.time() - start,
                               **(job.codistill.stats() if job.codistill is not None else {}))
-                save_checkpoint(checkpoint_state(args, job.model, job.optimizer, progress,
-                                                 job.num_classes, job.codistill), is_best, job.save_dir)
+                save_checkpoint(checkpoint_state(args, job.model, job.optimizer, progress, job.num_classes,
+                                                 job.codistill, job.compute), is_best, job.save_dir)
                 write_metrics(job.save_dir / "metrics.jsonl", record)
                 logger.info("epoch %d: %s", progress.epoch, json.dumps(record))
     finally:
