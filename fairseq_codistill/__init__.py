@@ -12,13 +12,13 @@ import sys
 
 def register() -> None:
     """Register ``codistill_ce`` and ``codistill_translation`` with fairseq, and make its
-    ``--cpu --bf16`` train on the CPU. Idempotent."""
+    ``--bf16`` train on a CPU or GPU. Idempotent."""
     from fairseq_codistill.checkpoints import allow_fairseq_checkpoints
 
-    from fairseq_codistill.precision import install_cpu_bf16_fix
+    from fairseq_codistill.precision import install_bf16_fix
 
     allow_fairseq_checkpoints()  # resume and fairseq-generate on torch >= 2.6
-    install_cpu_bf16_fix()  # fairseq-train --cpu --bf16 (fairseq's --bf16 implies --tpu)
+    install_bf16_fix()  # fairseq-train --bf16 on a CPU or GPU (fairseq's --bf16 implies --tpu)
     from fairseq_codistill import criterion, task  # noqa: F401  the @register_* decorators
     from fairseq_codistill.cli_help import print_plugin_help
 

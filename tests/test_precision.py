@@ -39,23 +39,29 @@ def common(**flags):
     return OmegaConf.create({"common": {"cpu": False, "bf16": False, "tpu": False, **flags}})
 
 
-def test_cpu_bf16_clears_the_tpu_that_fairseq_implies():
-    cfg = common(cpu=True, bf16=True, tpu=True)
-    assert precision.clear_tpu_for_cpu_bf16(cfg) is True
+@pytest.mark.parametrize("cpu", [True, False])  # --cpu, or a GPU
+def test_bf16_clears_the_tpu_that_fairseq_implies(cpu):
+    cfg = common(cpu=cpu, bf16=True, tpu=True)
+    assert precision.clear_implied_tpu(cfg) is True
     assert cfg.common.tpu is False and cfg.common.bf16 is True
-    ns = argparse.Namespace(cpu=True, bf16=True, tpu=True)  # fairseq's args before conversion
-    assert precision.clear_tpu_for_cpu_bf16(ns) is True and ns.tpu is False
+    ns = argparse.Namespace(cpu=cpu, bf16=True, tpu=True)  # fairseq's args before conversion
+    assert precision.clear_implied_tpu(ns) is True and ns.tpu is False
 
 
 @pytest.mark.parametrize("flags", [
-    dict(cpu=False, bf16=True, tpu=True),   # a real TPU run (or a GPU asked for --bf16)
-    dict(cpu=True, bf16=False, tpu=True),   # --tpu --cpu: not ours to judge
+    dict(cpu=False, bf16=False, tpu=True),  # --tpu alone: not ours to judge
     dict(cpu=True, bf16=False, tpu=False),
 ])
 def test_other_runs_pass_through_untouched(flags):
     cfg = common(**flags)
-    assert precision.clear_tpu_for_cpu_bf16(cfg) is False
+    assert precision.clear_implied_tpu(cfg) is False
     assert cfg.common.tpu is flags["tpu"]
+
+
+def test_a_real_tpu_keeps_its_flag(monkeypatch):
+    monkeypatch.setattr(precision, "_has_xla", lambda: True)
+    cfg = common(bf16=True, tpu=True)
+    assert precision.clear_implied_tpu(cfg) is False and cfg.common.tpu is True
 
 
 def test_the_fix_is_installed_once_when_fairseq_is_loaded():
@@ -63,8 +69,8 @@ def test_the_fix_is_installed_once_when_fairseq_is_loaded():
     from fairseq.distributed import utils as distributed_utils
 
     wrapped = distributed_utils.call_main
-    assert wrapped._codistill_cpu_bf16
-    precision.install_cpu_bf16_fix()
+    assert wrapped._codistill_bf16
+    precision.install_bf16_fix()
     assert distributed_utils.call_main is wrapped
 
 
