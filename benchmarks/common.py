@@ -178,6 +178,8 @@ def model_flags(args) -> List[str]:
     out = ["--arch", args.arch]
     if args.arch == "transformer_iwslt_de_en":
         out.append("--share-decoder-input-output-embed")  # as the IWSLT'14 recipe
+    elif args.arch in ("transformer_vaswani_wmt_en_de_big", "transformer_wmt_en_de_big"):
+        out.append("--share-all-embeddings")  # as the WMT'16 recipe (equal vocabularies)
     if args.fp16:
         out.append("--fp16")
     if args.bf16:

@@ -1,12 +1,13 @@
 """Smoke tests of benchmarks/: each script runs in --quick mode and prints its ratio
 lines as positive numbers. Timings are the scripts' business, never asserted here."""
 import math
+import os
 import re
 import sys
 
 import pytest
 
-from conftest import REPO, run
+from conftest import BIN, REPO, cpu_env, run
 
 RATIO = re.compile(r"^ratio (\S+) = (\S+)", re.M)
 
@@ -15,6 +16,7 @@ EXPECTED = {
     "exchange": {"write_fraction_fp16", "read_fraction_fp16", "stall_swap_fp16"},
     "communication": {"allreduce_over_codistill", "orders_of_magnitude"},
     "memory": {"peer_cost"},
+    "peer_precision": {"error_bf16", "grad_error_bf16", "error_fp16", "grad_error_fp16"},
 }
 
 
@@ -36,3 +38,28 @@ def test_quick_run_prints_positive_ratios(script, tmp_path):
     assert EXPECTED[script] <= set(found), proc.stdout
     for name, value in found.items():
         assert math.isfinite(value) and value > 0, f"{name} = {value}\n{proc.stdout}"
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(900)
+def test_gpu_check_runs_its_cpu_path(tmp_path):
+    """DEVICE=cpu: every step of benchmarks/gpu_check.sh at smoke sizes, bf16 only
+    (fairseq's --fp16 needs CUDA)."""
+    results = tmp_path / "results"
+    env = dict(cpu_env(), DEVICE="cpu", RESULTS_DIR=str(results), PYTHON=sys.executable,
+               PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    proc = run(["bash", REPO / "benchmarks" / "gpu_check.sh"], timeout=880, cwd=tmp_path, env=env)
+    steps = {"step_overhead_iwslt_bf16", "step_overhead_big_bf16", "memory_bf16", "vision", "nmt"}
+    assert {p.stem for p in results.glob("*.txt")} == steps | {"summary"}  # no temp files left
+    summary = {}
+    for line in (results / "summary.txt").read_text().splitlines():
+        step, rest = line.split(": ", 1)
+        summary.update({f"{step}.{k}": v for k, v in ratios(rest).items()})
+    for name in ("step_overhead_iwslt_bf16.overhead", "step_overhead_big_bf16.overhead",
+                 "memory_bf16.peer_cost", "vision.vision_overhead"):
+        assert math.isfinite(summary[name]) and summary[name] > 0, (name, summary)
+    nmt = (results / "nmt.txt").read_text()
+    for i in (0, 1):  # both models trained all their updates with their peer loaded
+        assert re.search(rf"model {i}: updates 20, .* num_peers 1\.0", nmt), nmt
+    assert "num_peers 1" in (results / "vision.txt").read_text()  # the pair's snapshot was used
+    assert "summary" in proc.stdout
