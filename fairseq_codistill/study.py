@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from fairseq_codistill.report import Series, curve, load_run, plot_panels, human_seconds, wall_seconds
+from fairseq_codistill.report import Series, curve, human_seconds, load_run, wall_seconds
 
 KINDS = ("baseline", "control", "codistill")
 # Parameters that tell two codistill configurations apart, in the order of the table.
@@ -204,27 +204,58 @@ def study_table(groups: Sequence[Group]) -> str:
 
 
 def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
-    """Mean curve of each of the baseline, the best control and the regime, seeds pooled."""
+    """The baseline, every control and the regime: the mean over models and seeds as a line,
+    their range as a band. Validation NLL over the run and over its second half (zoomed),
+    and the distance from the initial weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     shown = [g for g in groups if g.kind != "codistill" or g.regime]
-    plots = []
-    for name, attr, key, ylabel in (("study_valid.png", "valid", "nll_loss", "validation NLL (base 2)"),
-                                    ("study_param_dist.png", "inner", "param_dist", "||theta - theta_0||_2")):
-        pooled = [_mean_series(g, attr, key) for g in shown]
-        if plot_panels(out / name, [s for s in pooled if getattr(s, attr)], [(attr, key, ylabel)],
-                       f"{ylabel}: mean over seeds (and both codistilled models)"):
-            plots.append(name)
-    return plots
+    styles = {"baseline": dict(color="k"), "control": dict(color="0.5"),
+              "codistill": dict(color="C3", linestyle="--")}
+    figures = {"study_valid.png": [("valid", "nll_loss", "validation NLL (base 2)", False),
+                                   ("valid", "nll_loss", "validation NLL, second half", True)],
+               "study_param_dist.png": [("inner", "param_dist", "||theta - theta_0||_2", False)]}
+    written = []
+    for name, panels in figures.items():
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+        for ax, (attr, key, ylabel, zoom) in zip(axes[0], panels):
+            for i, g in enumerate(shown):
+                xs, low, mean, high = _band(g, attr, key)
+                if zoom and xs:
+                    keep = [j for j, x in enumerate(xs) if x >= xs[-1] / 2]
+                    xs, low, mean, high = ([v[j] for j in keep] for v in (xs, low, mean, high))
+                if not xs:
+                    continue
+                style = dict(styles[g.kind])
+                if g.kind == "control" and i and shown[i - 1].kind == "control":
+                    style["linestyle"] = ":"  # a second control (another dropout)
+                ax.plot(xs, mean, label=f"{g.name} (n={len(g.models)})", marker="o", markersize=3, **style)
+                ax.fill_between(xs, low, high, color=style["color"], alpha=0.15)
+            ax.set_xlabel("updates")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize="small")
+        fig.suptitle("mean over seeds (both models of a pair), band: min to max")
+        fig.tight_layout()
+        if any(ax.lines for ax in axes[0]):
+            fig.savefig(out / name, dpi=90)
+            written.append(name)
+        plt.close(fig)
+    return written
 
 
-def _mean_series(group: Group, attr: str, key: str) -> Series:
-    """One Series whose ``attr`` records hold the mean of ``key`` over the group's models
-    at the updates they all logged."""
+def _band(group: Group, attr: str, key: str):
+    """(updates, min, mean, max) of ``key`` over the group's models, at the updates all of
+    them logged."""
     curves = [dict(zip(*curve(getattr(s, attr), key))) for s in group.models]
-    common = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
-    records = [{"num_updates": u, key: statistics.fmean(c[u] for c in curves)} for u in common]
-    series = Series(f"{group.name} (n={len(group.models)})", kind=group.kind)
-    setattr(series, attr, records)
-    return series
+    xs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    values = [[c[x] for c in curves] for x in xs]
+    return (xs, [min(v) for v in values], [statistics.fmean(v) for v in values],
+            [max(v) for v in values])
 
 
 def write_study_report(out: Path, groups: Sequence[Group]) -> str:

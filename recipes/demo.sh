@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# make demo: the paper's NMT claim on real text, on a laptop CPU, in about 15 minutes.
+# make demo: what codistillation adds over training alone, and how far it is from all-reduce,
+# on real text on a CPU, in about 15 minutes.
 #
-# Data: German->English gettext messages installed on this machine (no download).
+# Data: German->English gettext messages installed on this machine (no download), 1/16 of
+# the training pairs: the regime of recipes/study.sh where codistillation pays (a model
+# starts to overfit a small corpus, and each codistilled model learns from its peer, which
+# trains on other batches). Three groups of runs, the same model, updates and batch of
+# DEMO_TOKENS per worker (recipes/gettext_common.sh), bf16 where the CPU is fast at it:
 # 1. baseline: synchronous all-reduce of 2 workers with label smoothing 0.1, run as its
-#    exact single-process equivalent (see below);
-# 2. codistillation: 2 models started by fairseq-codistill-launch, each with one worker's
-#    batch and the same number of updates, no label smoothing, alpha growing 1.1x/epoch;
-# 3. validation NLL and sacrebleu BLEU on the test split: baseline, each codistilled model
-#    and their ensemble; then fairseq-codistill-report writes DEMO_DIR/report/.
+#    exact single-process equivalent;
+# 2. control: one model trained alone, plain cross-entropy;
+# 3. codistillation: 2 models started by fairseq-codistill-launch, no label smoothing;
+# then validation NLL and sacrebleu BLEU on the test split for each, the codistilled pair's
+# ensemble included, and fairseq-codistill-report writes DEMO_DIR/report/.
 # fairseq's own logs go to files under DEMO_DIR; the terminal shows progress and the table.
 #
 #   bash recipes/demo.sh                       # with the venv's bin on PATH (make demo)
@@ -15,63 +20,17 @@
 set -euo pipefail
 
 DEMO_DIR=${DEMO_DIR:-demo}
-LANG_PAIR=${LANG_PAIR:-de-en}                # SRC-TGT, one side en (see data-prep/prepare-gettext.sh)
-DATA=${DATA:-data-bin/gettext.$LANG_PAIR}
-# Updates of every model. 500: ~14 min on 2 idle cores (baseline ~1.5 updates/s, each
-# codistilled model ~1.8/s on its core, evaluation ~2.5 min); BLEU is well above 0 by then.
-DEMO_UPDATES=${DEMO_UPDATES:-500}
-DEMO_THREADS=${DEMO_THREADS:-2}              # cores: the baseline uses all, each codistilled model half
-DEMO_TOKENS=${DEMO_TOKENS:-1024}             # tokens per batch of one all-reduce worker = one codistilled model
-DEMO_VALIDATE=${DEMO_VALIDATE:-$(( DEMO_UPDATES / 4 > 1 ? DEMO_UPDATES / 4 : 1 ))}  # updates between validations
-# Snapshot exchange every K updates: about a dozen exchanges per run (Anil et al.: every
-# 50 updates; the paper: every 2500 of a much longer run, robust to 2-4x either way).
-DEMO_INTERVAL=${DEMO_INTERVAL:-$(( DEMO_UPDATES / 12 > 5 ? DEMO_UPDATES / 12 : 5 ))}
-# Initial alpha, x1.1 every epoch (the paper's NMT schedule; it tuned alpha0, unreported).
-# Measured at 500 updates, val NLL of each codistilled model: alpha0 1.0: 5.86, 0.1: 5.25-5.29,
-# a model trained alone on the same batches: 5.25. Under Adam even a small penalty gradient
-# takes full steps, so a large alpha0 holds both models back early.
-DEMO_ALPHA=${DEMO_ALPHA:-0.1}
+UPDATES=${DEMO_UPDATES:-${UPDATES:-480}}      # of every model (the study's regime, see the README)
+THREADS=${DEMO_THREADS:-${THREADS:-2}}        # cores in all
+TOKENS=${DEMO_TOKENS:-${TOKENS:-1024}}        # per batch of one all-reduce worker = one codistilled model
+VALIDATE=${DEMO_VALIDATE:-${VALIDATE:-}}
+SEED=${DEMO_SEED:-1}
 DEMO_BEAM=${DEMO_BEAM:-4}
-DEMO_SEED=${DEMO_SEED:-1}
-FAIRSEQ_TRAIN=${FAIRSEQ_TRAIN:-fairseq-train}  # the launcher starts this one for each model
-PYTHON=${PYTHON:-python}
-
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PLUGIN=$ROOT/fairseq_codistill
-SRC=${LANG_PAIR%-*}
-TGT=${LANG_PAIR#*-}
-BIN=$DATA/bin
-CODISTILL_THREADS=$(( DEMO_THREADS / 2 > 1 ? DEMO_THREADS / 2 : 1 ))
+# shellcheck source=recipes/gettext_common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gettext_common.sh"
+ALPHA=${DEMO_ALPHA:-$ALPHA}
+INTERVAL=${DEMO_INTERVAL:-$INTERVAL}
 START=$SECONDS
-
-# A transformer small enough for a CPU: 3+3 layers of width 256, pre-norm so that a short
-# warm-up at a high learning rate stays stable, embeddings shared (a joint vocabulary).
-MODEL=(
-    --arch transformer
-    --encoder-layers 3 --decoder-layers 3
-    --encoder-embed-dim 256 --decoder-embed-dim 256
-    --encoder-ffn-embed-dim 512 --decoder-ffn-embed-dim 512
-    --encoder-attention-heads 4 --decoder-attention-heads 4
-    --encoder-normalize-before --decoder-normalize-before
-    --share-all-embeddings
-    --dropout 0.1
-)
-# --required-batch-size-multiple 1 (also in evaluate below): with fairseq's default of 8, the
-# last batch of a split is dropped when it is not full, so some valid and test sentences
-# would never be scored.
-TRAIN=(
-    "$BIN" --source-lang "$SRC" --target-lang "$TGT"
-    "${MODEL[@]}"
-    --optimizer adam --adam-betas "(0.9, 0.98)"
-    --lr 2e-3 --lr-scheduler inverse_sqrt --warmup-updates "$(( DEMO_UPDATES / 8 > 1 ? DEMO_UPDATES / 8 : 1 ))"
-    --max-update "$DEMO_UPDATES"
-    --validate-interval-updates "$DEMO_VALIDATE"
-    --no-epoch-checkpoints
-    --log-format json --log-interval "$(( DEMO_UPDATES / 40 > 1 ? DEMO_UPDATES / 40 : 1 ))" --no-progress-bar
-    --cpu --num-workers 0 --seed "$DEMO_SEED"
-    --required-batch-size-multiple 1
-    --user-dir "$PLUGIN"
-)
 
 say() { printf '[demo %s] %s\n' "$(elapsed $(( SECONDS - START )))" "$*"; }
 elapsed() { printf '%dm%02ds' $(( $1 / 60 )) $(( $1 % 60 )); }
@@ -83,24 +42,25 @@ need() {
     }
 }
 
-# A stage is skipped when its stamp records the same settings; otherwise it starts afresh.
-settings() { printf '%s ' "$@" "$DEMO_UPDATES" "$DEMO_TOKENS" "$DEMO_SEED" "$LANG_PAIR"; }
-is_done() { [[ -f "$1/demo.done" && "$(cat "$1/demo.done")" == "$2" ]]; }
-
-# last_value LOG TAG KEY: KEY of the newest "| TAG |" JSON record in LOG (or nothing)
-last_value() {
-    grep -F "| $2 | " "$1" 2> /dev/null | tail -n 1 | sed -n "s/.*\"$3\": \"\\([^\"]*\\)\".*/\\1/p" || true
-}
-
-# progress LABEL LOG PID: one status line while PID runs, rewritten in place on a terminal.
+# progress LABEL LOG [LABEL LOG]... -- PID...: a status line while any PID runs, rewritten in
+# place on a terminal; each LOG's newest update, loss and validation NLL.
 progress() {
-    local label=$1 log=$2 pid=$3 line updates loss nll
-    while kill -0 "$pid" 2> /dev/null; do
-        updates=$(last_value "$log" train_inner num_updates)
-        loss=$(last_value "$log" train_inner loss)
-        nll=$(last_value "$log" valid valid_nll_loss)
-        line="$label | update ${updates:-0}/$DEMO_UPDATES${loss:+ | loss $loss}${nll:+ | valid nll $nll}"
-        line+=" | $(elapsed $(( SECONDS - START )))"
+    local -a labels=() logs=() pids
+    while [[ "$1" != -- ]]; do labels+=("$1"); logs+=("$2"); shift 2; done
+    shift
+    pids=("$@")
+    local line i running updates nll
+    while :; do
+        running=0
+        for i in "${pids[@]}"; do kill -0 "$i" 2> /dev/null && running=1; done
+        (( running )) || break
+        line=""
+        for i in "${!labels[@]}"; do
+            updates=$("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" train_inner num_updates)
+            nll=$("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" valid nll_loss)
+            line+="${labels[$i]} ${updates:-0}/$UPDATES${nll:+ (valid nll $nll)} | "
+        done
+        line+=$(elapsed $(( SECONDS - START )))
         if [[ -t 1 ]]; then printf '\r\033[K%s' "$line"; else printf '%s\n' "$line"; fi
         sleep "$([[ -t 1 ]] && echo 2 || echo 30)"
     done
@@ -108,69 +68,50 @@ progress() {
     return 0
 }
 
-# run_logged LABEL LOG CMD...: CMD in the background, its output in LOG, a progress line.
-run_logged() {
-    local label=$1 log=$2 pid
-    shift 2
-    "$@" > "$log" 2>&1 &
-    pid=$!
-    trap 'kill "$pid" 2> /dev/null' INT TERM
-    progress "$label" "$log" "$pid"
-    if ! wait "$pid"; then
-        echo "demo: $label failed; the end of $log:" >&2
-        tail -n 20 "$log" >&2
-        exit 1
-    fi
-    trap - INT TERM
-}
-
-train_baseline() {
-    local dir=$DEMO_DIR/baseline stamp
-    stamp=$(settings baseline)
-    say "baseline: synchronous all-reduce of 2 workers x $DEMO_TOKENS tokens, label smoothing 0.1."
+# The baseline and the control at once, a core each (THREADS / 2).
+train_alone_pair() {
+    local b=$DEMO_DIR/baseline c=$DEMO_DIR/control pids=() failed=0 pid
+    say "baseline: synchronous all-reduce of 2 workers x $TOKENS tokens, label smoothing 0.1."
     say "  Run as its exact single-process equivalent: one job, --update-freq 2, so each update"
-    say "  sums the gradients of 2 batches of $DEMO_TOKENS tokens, as 2 workers all-reducing would."
-    if is_done "$dir" "$stamp"; then
-        say "  done already ($dir); delete it to train again"
+    say "  sums the gradients of 2 batches of $TOKENS tokens, as 2 workers all-reducing would."
+    say "control: the codistilled model trained alone (batch $TOKENS, cross-entropy, the same seed)."
+    if is_done "$b" "$(settings baseline "$SEED" "$DROPOUT")" \
+        && is_done "$c" "$(settings control "$SEED" "$DROPOUT")"; then
+        say "  done already ($b, $c); delete them to train again"
         return
     fi
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    OMP_NUM_THREADS=$DEMO_THREADS MKL_NUM_THREADS=$DEMO_THREADS \
-        run_logged baseline "$dir/train.log" \
-        fairseq-train "${TRAIN[@]}" \
-        --max-tokens "$DEMO_TOKENS" --update-freq 2 \
-        --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-        --save-dir "$dir"
-    echo "$stamp" > "$dir/demo.done"
-    say "  baseline trained: $dir/train.log"
+    THREADS=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) train_baseline "$b" "$SEED" & pids+=($!)
+    THREADS=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) train_control "$c" "$SEED" & pids+=($!)
+    trap 'kill "${pids[@]}" 2> /dev/null' INT TERM
+    sleep 1
+    progress baseline "$b/train.log" control "$c/train.log" -- "${pids[@]}"
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    trap - INT TERM
+    if (( failed )); then
+        echo "demo: training failed; the ends of the logs:" >&2
+        tail -n 20 "$b/train.log" "$c/train.log" >&2
+        exit 1
+    fi
 }
 
 train_codistill() {
-    local dir=$DEMO_DIR/codistill stamp
-    stamp=$(settings codistill "$DEMO_INTERVAL" "$DEMO_ALPHA")
-    say "codistillation: 2 models x $DEMO_TOKENS tokens, $DEMO_UPDATES updates each, no label"
-    say "  smoothing, alpha $DEMO_ALPHA x 1.1 per epoch, snapshots exchanged every $DEMO_INTERVAL updates."
-    if is_done "$dir" "$stamp"; then
+    local dir=$DEMO_DIR/codistill pid
+    say "codistillation: 2 models x $TOKENS tokens, $UPDATES updates each, no label smoothing,"
+    say "  alpha $ALPHA x $GAMMA per epoch, snapshots exchanged every $INTERVAL updates."
+    if is_done "$dir" "$(settings pair "$SEED" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse)"; then
         say "  done already ($dir); delete it to train again"
         return
     fi
-    rm -rf "$dir" "$DEMO_DIR/exchange"
-    mkdir -p "$dir"
-    if ! fairseq-codistill-launch \
-        --num-models 2 --threads-per-model "$CODISTILL_THREADS" \
-        --codistill-dir "$DEMO_DIR/exchange" --save-dir "$dir" \
-        --fairseq-train "$(command -v "$FAIRSEQ_TRAIN")" \
-        --progress-interval 30 \
-        -- "${TRAIN[@]}" \
-        --max-tokens "$DEMO_TOKENS" \
-        --task codistill_translation --criterion codistill_ce \
-        --codistill-alpha "$DEMO_ALPHA" --codistill-alpha-schedule exponential --codistill-gamma 1.1 \
-        --codistill-interval "$DEMO_INTERVAL"; then
-        echo "demo: codistillation failed; see $dir/model*/train.log" >&2
+    train_pair "$dir" "$SEED" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse & pid=$!
+    trap 'kill "$pid" 2> /dev/null' INT TERM
+    sleep 1
+    progress model0 "$dir/model0/train.log" model1 "$dir/model1/train.log" -- "$pid"
+    if ! wait "$pid"; then
+        echo "demo: codistillation failed; see $dir/launch.log and $dir/model*/train.log" >&2
+        tail -n 20 "$dir/launch.log" >&2
         exit 1
     fi
-    echo "$stamp" > "$dir/demo.done"
+    trap - INT TERM
 }
 
 # evaluate LABEL DIR CHECKPOINTS: BLEU on test and NLL on valid into DIR/eval.json
@@ -187,11 +128,12 @@ evaluate() {
     fi
     generate=(
         fairseq-generate "$BIN" --source-lang "$SRC" --target-lang "$TGT"
-        --path "$path" --user-dir "$PLUGIN" --cpu --max-tokens 4096
+        --path "$path" --user-dir "$PLUGIN" --max-tokens 4096
         --required-batch-size-multiple 1
     )
+    if [[ "$DEVICE" == cpu ]]; then generate+=(--cpu); fi
     mkdir -p "$dir"
-    export OMP_NUM_THREADS=$DEMO_THREADS MKL_NUM_THREADS=$DEMO_THREADS
+    export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
     "${generate[@]}" --gen-subset test --beam "$DEMO_BEAM" --max-len-a 1.2 --max-len-b 10 \
         --post-process sentencepiece > "$dir/generate-test.txt" 2> "$dir/generate-test.log" \
         || { tail -n 20 "$dir/generate-test.log" >&2; exit 1; }
@@ -206,14 +148,14 @@ evaluate() {
 }
 
 main() {
-    need fairseq-train
+    need "$FAIRSEQ_TRAIN"
     need fairseq-codistill-launch
     need fairseq-codistill-report
     mkdir -p "$DEMO_DIR"
-    say "data: $LANG_PAIR pairs from the gettext catalogs in /usr/share/locale -> $DATA"
-    OUT=$DATA LANG_PAIR=$LANG_PAIR PYTHON=$PYTHON WORKERS=$DEMO_THREADS \
-        bash "$ROOT/data-prep/prepare-gettext.sh"
-    train_baseline
+    say "data: $LANG_PAIR pairs from the gettext catalogs (a $TRAIN_FRACTION fraction of train) -> $DATA"
+    prepare_data
+    say "training: $UPDATES updates each, $PRECISION on $DEVICE"
+    train_alone_pair
     train_codistill
     say "evaluation: beam $DEMO_BEAM on the test split (sacrebleu), NLL of the valid split"
     local c=$DEMO_DIR/codistill
@@ -221,8 +163,10 @@ main() {
     evaluate codistill/model0 "$c/model0" "$c/model0/checkpoint_last.pt"
     evaluate codistill/model1 "$c/model1" "$c/model1/checkpoint_last.pt"
     evaluate codistill/ensemble "$c/ensemble" "$c/model0/checkpoint_last.pt:$c/model1/checkpoint_last.pt"
+    evaluate control "$DEMO_DIR/control" "$DEMO_DIR/control/checkpoint_last.pt"
     echo
-    fairseq-codistill-report "$DEMO_DIR/baseline" "$c" --out "$DEMO_DIR/report" --allreduce-workers 2
+    fairseq-codistill-report "$DEMO_DIR/baseline" "$c" "$DEMO_DIR/control" \
+        --out "$DEMO_DIR/report" --allreduce-workers 2
     echo
     say "done in $(elapsed $(( SECONDS - START ))). val NLL is fairseq's, base 2; the baseline's 'bytes received' is what 2 all-reduce"
     say "workers would exchange. Plots and report.md: $DEMO_DIR/report/"

@@ -28,12 +28,19 @@ SEEDS=${SEEDS:-1 2}
 # Processes at once: one single-threaded process per core on a CPU (a pair takes two).
 if [[ "${DEVICE:-cpu}" == cuda ]]; then SLOTS=${SLOTS:-4}; else SLOTS=${SLOTS:-$(nproc)}; fi
 CONTROL_DROPOUTS=${CONTROL_DROPOUTS:-0.1 0.3}
-# name                alpha0 gamma interval burn-in loss
+# One pair per line and seed, in this order. The regime first, then what each claim needs:
+# the interval at 0.5x and 4x, a constant alpha; then the other hypotheses.
+# name             alpha0 gamma interval burn-in loss
 GRID_DEFAULT="
-a0.1-g1.1-k40        0.1    1.1   40       0       mse
+a0.1-k40           0.1    1.1   40       0       mse
+a0.1-k20           0.1    1.1   20       0       mse
+a0.1-k160          0.1    1.1   160      0       mse
+a0.1-k40-const     0.1    1     40       0       mse
+a0.3-k40           0.3    1.1   40       0       mse
+a0.1-k40-burn120   0.1    1.1   40       120     mse
 "
 GRID=${GRID:-$GRID_DEFAULT}
-REGIME=${REGIME:-a0.1-g1.1-k40}      # the grid line whose settings become the defaults
+REGIME=${REGIME:-a0.1-k40}           # the grid line whose settings become the defaults
 
 # shellcheck source=recipes/gettext_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gettext_common.sh"
@@ -121,17 +128,21 @@ main() {
     prepare_data
     say "runs: $UPDATES updates of $TOKENS tokens, seeds $SEEDS, $PRECISION on $DEVICE, $SLOTS at once"
     local seed name alpha gamma interval burn_in loss dropout
+    # What every claim needs first (the control and the baseline), then the grid line by
+    # line, all seeds of a line together: a study stopped early has whole configurations.
     for seed in $SEEDS; do
-        while read -r name alpha gamma interval burn_in loss; do
-            [[ -n "$name" ]] || continue
-            schedule 2 "codistill-$name seed $seed" run_pair "$seed" "$name" "$alpha" "$gamma" \
-                "$interval" "$burn_in" "$loss"
-        done <<< "$GRID"
         for dropout in $CONTROL_DROPOUTS; do
             schedule 1 "control dropout $dropout seed $seed" run_control "$seed" "$dropout"
         done
         schedule 1 "baseline seed $seed" run_baseline "$seed"
     done
+    while read -r name alpha gamma interval burn_in loss; do
+        [[ -n "$name" ]] || continue
+        for seed in $SEEDS; do
+            schedule 2 "codistill-$name seed $seed" run_pair "$seed" "$name" "$alpha" "$gamma" \
+                "$interval" "$burn_in" "$loss"
+        done
+    done <<< "$GRID"
     while (( USED > 0 )); do reap_one; done
     say "all runs finished ($FAILED failed); the report:"
     fairseq-codistill-report --study "$RUNS" --out "$STUDY_DIR/report"

@@ -1,5 +1,6 @@
 """recipes/demo.sh end to end, shortened: made-up catalogs, 10 updates, 20 test sentences."""
 import json
+import re
 import os
 import subprocess
 
@@ -10,7 +11,7 @@ from test_gettext import made_up_catalog
 
 pytestmark = pytest.mark.e2e
 
-ROWS = ("baseline", "codistill/model0", "codistill/model1", "codistill/ensemble")
+ROWS = ("baseline", "codistill/model0", "codistill/model1", "codistill/ensemble", "control")
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def run_demo(tmp_path, locale):
         DEMO_DIR=str(tmp_path / "demo"), DATA=str(tmp_path / "data"),
         LANG_PAIR="xx-en", LOCALE_DIR=str(locale),
         VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60",
-        DEMO_UPDATES="10", DEMO_VALIDATE="5", DEMO_BEAM="1",
+        DEMO_UPDATES="10", DEMO_VALIDATE="5", DEMO_BEAM="1", TRAIN_FRACTION="1",
     )
     proc = subprocess.run(["bash", str(REPO / "recipes" / "demo.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=540)
@@ -54,7 +55,7 @@ def test_demo_end_to_end(tmp_path, locale):
     assert "| INFO |" not in out  # fairseq's logs go to files
     rows = table_rows(out)
     assert list(rows) == list(ROWS)
-    for label in ROWS[:3]:
+    for label in ROWS[:3] + ("control",):
         updates, _, _, valid_nll, bleu = rows[label][:5]
         assert updates == "10"
         assert 0 < float(valid_nll) < 20 and 0 <= float(bleu) <= 100
@@ -73,9 +74,18 @@ def test_demo_end_to_end(tmp_path, locale):
     assert all(f"| {label} |" in md for label in ROWS)
     for png in ("loss.png", "codistill.png", "param_dist.png"):
         assert (demo / "report" / png).stat().st_size > 10_000
-    logs = [demo / "baseline" / "train.log"] + [demo / "codistill" / f"model{i}" / "train.log" for i in (0, 1)]
+    logs = [demo / "baseline" / "train.log", demo / "control" / "train.log"] + [
+        demo / "codistill" / f"model{i}" / "train.log" for i in (0, 1)]
     assert all('"num_updates": "10"' in log.read_text() for log in logs)
+    # every run logs its distance from the initial weights, the baseline too (Fig. 1c)
+    assert all('"param_dist": ' in log.read_text() for log in logs)
+    # the newcomer's summary: codistillation against training alone and against all-reduce
+    mean = (float(rows["codistill/model0"][3]) + float(rows["codistill/model1"][3])) / 2
+    printed = re.search(r"codistilled models: mean val NLL ([\d.]+) over 2", out)
+    assert printed and float(printed.group(1)) == pytest.approx(mean, abs=1.5e-3)
+    assert f"vs the same model trained alone (control, {rows['control'][3]})" in out
+    assert f"vs all-reduce (baseline, {rows['baseline'][3]})" in out
 
     again = run_demo(tmp_path, locale)  # finished stages are skipped, the table comes back
-    assert again.count("done already") == 2 and again.count("evaluated already") == 4
+    assert again.count("done already") == 2 and again.count("evaluated already") == 5
     assert table_rows(again) == rows
