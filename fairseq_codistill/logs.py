@@ -27,8 +27,9 @@ def number(value):
 
 
 def parse_line(line: str) -> Optional[Tuple[str, Dict[str, object]]]:
-    """(tag, record) of one JSON log line, keys without their train_/valid_ prefix and
-    values as numbers where they are; None for any other line, or one still being written."""
+    """(tag, record) of one JSON log line, keys without their train_/valid_ prefix, values
+    as numbers where they are and ``nll_loss`` always there; None for any other line, or one
+    still being written."""
     match = _RECORD.search(line)
     if not match:
         return None
@@ -37,8 +38,13 @@ def parse_line(line: str) -> Optional[Tuple[str, Dict[str, object]]]:
     except ValueError:
         return None
     tag, prefix = match.group(1), _PREFIX[match.group(1)]
-    return tag, {(k[len(prefix):] if prefix and k.startswith(prefix) else k): number(v)
-                 for k, v in record.items()}
+    record = {(k[len(prefix):] if prefix and k.startswith(prefix) else k): number(v)
+              for k, v in record.items()}
+    if "nll_loss" not in record and "loss" in record:
+        # fairseq's cross_entropy logs its NLL as loss alone (the two are the same); the
+        # translation criteria that log a loss other than the NLL log nll_loss beside it
+        record["nll_loss"] = record["loss"]
+    return tag, record
 
 
 def records(text: str, tag: Optional[str] = None) -> Iterator[Tuple[str, Dict[str, object]]]:

@@ -57,10 +57,7 @@ def parse_log(text: str, label: str, path: Optional[Path] = None) -> Series:
     for line in text.splitlines():
         parsed = logs.parse_line(line)
         if parsed is not None:
-            tag, record = parsed
-            if "nll_loss" not in record and series.setup.get("criterion") == "cross_entropy":
-                record["nll_loss"] = record.get("loss")  # it logs the NLL as loss alone
-            by_tag[tag].append(record)
+            by_tag[parsed[0]].append(parsed[1])
             continue
         if "model params" in line and "params" not in series.setup:
             found = PARAMS.search(line)

@@ -37,3 +37,4 @@ def test_progress_line_reads_fairseq_json_records(tmp_path, monkeypatch):
     launcher.read_progress(job)
     assert launcher.progress_line(job).endswith(
         "update 40/80 | epoch 2 | loss 5.25 | alpha 0.11 | valid nll 4.875")
+
