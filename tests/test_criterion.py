@@ -184,4 +184,4 @@ def test_registered_whatever_the_import_order():
             "print(args.criterion, args.task, args.codistill_alpha)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["codistill_ce", "codistill_translation", "1.0"]
+    assert out.stdout.split() == ["codistill_ce", "codistill_translation", "0.1"]

@@ -8,7 +8,7 @@ from conftest import run, tool
 from fairseq_codistill import options as opts
 from fairseq_codistill.criterion import CodistillCrossEntropyConfig
 from fairseq_codistill.task import CodistillTranslationConfig
-from fairseq_codistill.vision.options import build_parser
+from fairseq_codistill.vision.options import IMAGENET_ALPHA, build_parser
 
 
 def fairseq_fields():
@@ -31,7 +31,11 @@ def test_both_front_ends_have_exactly_the_shared_options():
 @pytest.mark.parametrize("opt", opts.ALL_OPTIONS, ids=lambda o: o.flag)
 def test_defaults_and_help_come_from_the_option(opt):
     field, action = fairseq_fields()[opt.name], vision_actions()[opt.name]
-    assert field.default == action.default == opt.default
+    # the vision trainer keeps the paper's ImageNet alpha (1, constant), and says so
+    assert field.default == opt.default
+    assert action.default == IMAGENET_ALPHA.get(opt.name, opt.default)
+    if opt.name in IMAGENET_ALPHA:
+        assert "here: " in action.help
     # A front end may add what the option means there, after the shared text.
     assert field.metadata["help"].startswith(opt.help)
     assert action.help.startswith(opt.help)

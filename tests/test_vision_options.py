@@ -15,6 +15,10 @@ def test_defaults_are_the_allreduce_recipe(tmp_path):
     assert (a.epochs, a.warmup_epochs, a.lr_milestones, a.wd_schedule) == (90, 5.0, (30, 60, 80), (1e-4,))
     assert (a.lr, a.batch_size, a.momentum, a.lr_schedule) == (0.1, 32, 0.9, "step")
     assert a.codistill_dir == "" and a.codistill_interval == 2500
+    # the paper's ImageNet alpha, not the translation study's 0.1 x1.1 per epoch
+    assert (a.codistill_alpha, a.codistill_alpha_schedule) == (1.0, "constant")
+    b = parse_args(["--dummy", "--arch", "resnet8", "--codistill-alpha", "0.5"])
+    assert (b.codistill_alpha, b.codistill_alpha_schedule) == (0.5, "constant")
 
 
 @pytest.mark.parametrize("preset, epochs, warmup, milestones, wd", [
