@@ -15,7 +15,8 @@ from fairseq_codistill.checkpoints import load_checkpoint_state
 pytestmark = pytest.mark.e2e
 
 INTERVAL = 5
-CODISTILL = TINY_TRAIN + ["--criterion", "codistill_ce", "--codistill-interval", str(INTERVAL)]
+CODISTILL = TINY_TRAIN + ["--criterion", "codistill_ce", "--codistill-interval", str(INTERVAL),
+                         "--codistill-alpha", "1"]
 # Jobs start seconds apart and run at different speeds on a busy machine: keep them
 # within one interval of each other (stale-synchronous), so each reads the other often.
 WAIT = ["--codistill-wait-for-peers", "60", "--codistill-max-lead", str(INTERVAL)]

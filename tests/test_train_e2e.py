@@ -44,8 +44,8 @@ def test_update_freq_advances_alpha_once_per_update(data_bin, tmp_path):
     # A lone codistill_translation model whose peer never appears: alpha 0 in effect
     # (no peer), no error, and alpha still follows the schedule for when one appears.
     proc = train(data_bin, tmp_path / "uf", 12, "--update-freq", "2",
-                 "--codistill-alpha-schedule", "exponential", "--codistill-gamma", "2",
-                 "--log-interval", "1", "--task", "codistill_translation",
+                 "--codistill-alpha", "1", "--codistill-alpha-schedule", "exponential",
+                 "--codistill-gamma", "2", "--log-interval", "1", "--task", "codistill_translation",
                  "--codistill-dir", tmp_path / "x", "--codistill-id", "0",
                  "--codistill-interval", "4")
     epochs = {}
