@@ -63,10 +63,14 @@ class Group:
 
 
 # -- figures of one model ----------------------------------------------------------------
+def _last(records: Sequence[dict], key: str) -> Optional[float]:
+    values = curve(records, key)[1]
+    return values[-1] if values else None
+
+
 def final_valid(series: Series) -> Optional[float]:
     """Validation NLL at the last validation (all runs of a study stop at the same update)."""
-    values = curve(series.valid, "nll_loss")[1]
-    return values[-1] if values else None
+    return _last(series.valid, "nll_loss")
 
 
 def best_valid(series: Series) -> Optional[float]:
@@ -75,18 +79,11 @@ def best_valid(series: Series) -> Optional[float]:
 
 
 def final_train(series: Series) -> Optional[float]:
-    values = curve(series.inner, "nll_loss")[1]
-    return values[-1] if values else None
+    return _last(series.inner, "nll_loss")
 
 
 def final_param_dist(series: Series) -> Optional[float]:
-    values = curve(series.inner, "param_dist")[1]
-    return values[-1] if values else None
-
-
-def final_updates(series: Series) -> Optional[float]:
-    xs = curve(series.valid, "nll_loss")[0]
-    return xs[-1] if xs else None
+    return _last(series.inner, "param_dist")
 
 
 # -- loading -----------------------------------------------------------------------------
