@@ -154,12 +154,15 @@ def bytes_exchanged(series: Series, allreduce_workers: Optional[int]) -> Optiona
     Codistilled: the snapshots it read (``codistill_bytes``, counted by the exchange).
     All-reduce of W workers: an estimate, a ring all-reduce of fp32 gradients receives
     2 (W-1)/W x 4 bytes per parameter per update. W is the logged world size, or
-    ``--allreduce-workers`` for a single process that stands for W workers.
+    ``--allreduce-workers`` for a single process that stands for W workers: one that sums W
+    batches per update (``--update-freq`` W or more); a run of one batch per update is one
+    worker (a model trained alone), whatever the flag says.
     """
     codistill = [r["codistill_bytes"] for r in series.inner if isinstance(r.get("codistill_bytes"), float)]
     if codistill:
         return codistill[-1]
-    workers = allreduce_workers or series.setup.get("world_size") or 1
+    stands_for_workers = allreduce_workers and series.setup.get("update_freq", 1) >= allreduce_workers
+    workers = (allreduce_workers if stands_for_workers else None) or series.setup.get("world_size") or 1
     updates = updates_done(series)
     params = series.setup.get("params")
     if workers <= 1 or params is None or updates is None:
@@ -377,8 +380,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "mean and spread over seeds and the paper's claims, into OUT/study.md")
     p.add_argument("--out", "-o", type=Path, default=Path("report"), help="output folder (default: report)")
     p.add_argument("--allreduce-workers", type=int, default=None,
-                   help="count a single-process baseline as W all-reduce workers in 'bytes received' "
-                        "(it stands for W workers with 1/W of its batch each)")
+                   help="count a single-process baseline that sums W batches per update (--update-freq "
+                        ">= W) as W all-reduce workers in 'bytes received' (it stands for W workers "
+                        "with 1/W of its batch each); a run of one batch per update exchanges nothing")
     return p.parse_args(argv)
 
 

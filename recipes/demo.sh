@@ -68,50 +68,64 @@ progress() {
     return 0
 }
 
-# The baseline and the control at once, a core each (THREADS / 2).
-train_alone_pair() {
-    local b=$DEMO_DIR/baseline c=$DEMO_DIR/control pids=() failed=0 pid
-    say "baseline: synchronous all-reduce of 2 workers x $TOKENS tokens, label smoothing 0.1."
-    say "  Run as its exact single-process equivalent: one job, --update-freq 2, so each update"
-    say "  sums the gradients of 2 batches of $TOKENS tokens, as 2 workers all-reducing would."
-    say "control: the codistilled model trained alone (batch $TOKENS, cross-entropy, the same seed)."
-    if is_done "$b" "$(settings baseline "$SEED" "$DROPOUT")" \
-        && is_done "$c" "$(settings control "$SEED" "$DROPOUT")"; then
-        say "  done already ($b, $c); delete them to train again"
-        return
-    fi
-    THREADS=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) train_baseline "$b" "$SEED" & pids+=($!)
-    THREADS=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) train_control "$c" "$SEED" & pids+=($!)
-    trap 'kill "${pids[@]}" 2> /dev/null' INT TERM
-    sleep 1
-    progress baseline "$b/train.log" control "$c/train.log" -- "${pids[@]}"
-    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
-    trap - INT TERM
-    if (( failed )); then
-        echo "demo: training failed; the ends of the logs:" >&2
-        tail -n 20 "$b/train.log" "$c/train.log" >&2
+# start NAME CMD...: CMD in the background, its pid in PIDS[NAME] (a run that is done already
+# returns at once: the train_* functions skip it).
+declare -A PIDS
+start() {
+    local name=$1
+    shift
+    "$@" &
+    PIDS[$name]=$!
+}
+
+# finish NAME LOG: wait for NAME's run; on failure, the end of LOG and exit.
+finish() {
+    [[ -n "${PIDS[$1]:-}" ]] || return 0
+    if ! wait "${PIDS[$1]}"; then
+        echo "demo: $1 failed; the end of $2:" >&2
+        tail -n 20 "$2" >&2
         exit 1
     fi
 }
 
-train_codistill() {
-    local dir=$DEMO_DIR/codistill pid
+# The baseline and the control start side by side, a core each; the codistilled pair takes
+# the control's core when it finishes and shares the other with the baseline's second half,
+# so no core idles (the baseline's update is 2 batches, the control's 1).
+train_all() {
+    local b=$DEMO_DIR/baseline c=$DEMO_DIR/control p=$DEMO_DIR/codistill half
+    half=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))
+    say "baseline: synchronous all-reduce of 2 workers x $TOKENS tokens, label smoothing 0.1."
+    say "  Run as its exact single-process equivalent: one job, --update-freq 2, so each update"
+    say "  sums the gradients of 2 batches of $TOKENS tokens, as 2 workers all-reducing would."
+    say "control: the codistilled model trained alone (batch $TOKENS, cross-entropy, the same seed)."
     say "codistillation: 2 models x $TOKENS tokens, $UPDATES updates each, no label smoothing,"
     say "  alpha $ALPHA x $GAMMA per epoch, snapshots exchanged every $INTERVAL updates."
-    if is_done "$dir" "$(settings pair "$SEED" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse)"; then
-        say "  done already ($dir); delete it to train again"
-        return
+    if is_done "$b" "$(settings baseline "$SEED" "$DROPOUT")" \
+        && is_done "$c" "$(settings control "$SEED" "$DROPOUT")"; then
+        say "  baseline and control: done already ($b, $c); delete them to train again"
     fi
-    train_pair "$dir" "$SEED" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse & pid=$!
-    trap 'kill "$pid" 2> /dev/null' INT TERM
+    if is_done "$p" "$(settings pair "$SEED" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse)"; then
+        say "  codistillation: done already ($p); delete it to train again"
+    fi
+    trap 'kill "${PIDS[@]}" 2> /dev/null' INT TERM
+    THREADS=$half start baseline train_baseline "$b" "$SEED"
+    THREADS=$half start control train_control "$c" "$SEED"
     sleep 1
-    progress model0 "$dir/model0/train.log" model1 "$dir/model1/train.log" -- "$pid"
-    if ! wait "$pid"; then
-        echo "demo: codistillation failed; see $dir/launch.log and $dir/model*/train.log" >&2
-        tail -n 20 "$dir/launch.log" >&2
-        exit 1
-    fi
+    progress baseline "$b/train.log" control "$c/train.log" -- "${PIDS[control]}"
+    finish control "$c/train.log"
+    start codistill train_pair "$p" "$SEED" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse
+    sleep 1
+    progress baseline "$b/train.log" model0 "$p/model0/train.log" model1 "$p/model1/train.log" \
+        -- "${PIDS[baseline]}" "${PIDS[codistill]}"
+    finish baseline "$b/train.log"
+    finish codistill "$p/launch.log"
     trap - INT TERM
+}
+
+# wait_all PID...: exit if any of them failed (its own messages are out already).
+wait_all() {
+    local pid
+    for pid in "$@"; do wait "$pid" || exit 1; done
 }
 
 # evaluate LABEL DIR CHECKPOINTS: BLEU on test and NLL on valid into DIR/eval.json
@@ -155,15 +169,18 @@ main() {
     say "data: $LANG_PAIR pairs from the gettext catalogs (a $TRAIN_FRACTION fraction of train) -> $DATA"
     prepare_data
     say "training: $UPDATES updates each, $PRECISION on $DEVICE"
-    train_alone_pair
-    train_codistill
+    train_all
     say "evaluation: beam $DEMO_BEAM on the test split (sacrebleu), NLL of the valid split"
     local c=$DEMO_DIR/codistill
-    evaluate baseline "$DEMO_DIR/baseline" "$DEMO_DIR/baseline/checkpoint_last.pt"
-    evaluate codistill/model0 "$c/model0" "$c/model0/checkpoint_last.pt"
-    evaluate codistill/model1 "$c/model1" "$c/model1/checkpoint_last.pt"
+    # Two at a time, a core each: beam search over small batches keeps one core busy, not two.
+    local half=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) a b
+    THREADS=$half evaluate baseline "$DEMO_DIR/baseline" "$DEMO_DIR/baseline/checkpoint_last.pt" & a=$!
+    THREADS=$half evaluate control "$DEMO_DIR/control" "$DEMO_DIR/control/checkpoint_last.pt" & b=$!
+    wait_all "$a" "$b"
+    THREADS=$half evaluate codistill/model0 "$c/model0" "$c/model0/checkpoint_last.pt" & a=$!
+    THREADS=$half evaluate codistill/model1 "$c/model1" "$c/model1/checkpoint_last.pt" & b=$!
+    wait_all "$a" "$b"
     evaluate codistill/ensemble "$c/ensemble" "$c/model0/checkpoint_last.pt:$c/model1/checkpoint_last.pt"
-    evaluate control "$DEMO_DIR/control" "$DEMO_DIR/control/checkpoint_last.pt"
     echo
     fairseq-codistill-report "$DEMO_DIR/baseline" "$c" "$DEMO_DIR/control" \
         --out "$DEMO_DIR/report" --allreduce-workers 2

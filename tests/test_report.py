@@ -109,6 +109,17 @@ def test_single_process_baseline_exchanges_nothing_without_allreduce_workers(run
     assert report.table_row(report.load_run(base)[0]).bytes == 0
 
 
+def test_a_model_trained_alone_is_not_counted_as_allreduce_workers(tmp_path):
+    """--allreduce-workers 2 stands for the run that sums 2 batches per update, not for a
+    lone control of one batch per update next to it."""
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "train.log").write_text(BASELINE_LOG.replace("'update_freq': [2]", "'update_freq': [1]"))
+    series = report.load_run(control)[0]
+    assert series.setup["update_freq"] == 1
+    assert report.table_row(series, allreduce_workers=2).bytes == 0
+
+
 def test_setup_is_read_from_the_config_dump(runs):
     base, codistill = runs
     b, m0 = report.load_run(base)[0], report.load_run(codistill)[0]
