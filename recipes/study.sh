@@ -28,6 +28,7 @@ SEEDS=${SEEDS:-1 2}
 # Processes at once: one single-threaded process per core on a CPU (a pair takes two).
 if [[ "${DEVICE:-cpu}" == cuda ]]; then SLOTS=${SLOTS:-4}; else SLOTS=${SLOTS:-$(nproc)}; fi
 CONTROL_DROPOUTS=${CONTROL_DROPOUTS:-0.1 0.3}
+BASELINE=${BASELINE:-1}              # 0: no all-reduce baseline (a check of the regime alone)
 # One pair per line and seed, in this order. The regime first, then what each claim needs:
 # the interval at 0.5x and 4x, a constant alpha; then the other hypotheses.
 # name             alpha0 gamma interval burn-in loss
@@ -134,7 +135,7 @@ main() {
         for dropout in $CONTROL_DROPOUTS; do
             schedule 1 "control dropout $dropout seed $seed" run_control "$seed" "$dropout"
         done
-        schedule 1 "baseline seed $seed" run_baseline "$seed"
+        if [[ "$BASELINE" == 1 ]]; then schedule 1 "baseline seed $seed" run_baseline "$seed"; fi
     done
     while read -r name alpha gamma interval burn_in loss; do
         [[ -n "$name" ]] || continue
