@@ -19,8 +19,8 @@ PLUGIN=$REPO/fairseq_codistill
 PYTHON=${PYTHON:-python}
 
 LANG_PAIR=${LANG_PAIR:-de-en}            # SRC-TGT, one side en (see data-prep/prepare-gettext.sh)
-# 1/16 of the 38K training pairs (2.4K, ~40 updates an epoch): the model overfits within the
-# run, the paper's less-data regime (Section 4) where codistillation regularises.
+# 1/16 of the 38K training pairs (2.4K, ~40 updates an epoch): a lone model starts to overfit
+# within the run, the paper's less-data regime (Section 4) where codistillation regularises.
 TRAIN_FRACTION=${TRAIN_FRACTION:-0.0625}
 VOCAB_SIZE=${VOCAB_SIZE:-2000}           # joint sentencepiece BPE, sized for the small corpus
 DATA=${DATA:-data-bin/gettext.$LANG_PAIR.frac$TRAIN_FRACTION.v$VOCAB_SIZE}
@@ -36,8 +36,8 @@ GAMMA=${GAMMA:-1.1}
 INTERVAL=${INTERVAL:-40}
 BURN_IN=${BURN_IN:-0}
 DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visible GPU
-# auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16: twice the
-# updates per second of fp32), fp16 on a GPU without bf16, fp32 elsewhere; or set it.
+# auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16, a GPU with
+# bf16), fp16 on a GPU without bf16, fp32 elsewhere; or set it.
 PRECISION=${PRECISION:-auto}
 if [[ "$PRECISION" == auto ]]; then
     PRECISION=$("$PYTHON" -m fairseq_codistill.precision --device "$DEVICE")
