@@ -14,7 +14,7 @@
 # Then fairseq-codistill-report --study writes STUDY_DIR/report/study.md: mean and spread over
 # seeds, curves, and the paper's five claims for the REGIME line of the grid.
 #
-#   bash recipes/study.sh                        # ~75 min on 2 cores (fp32; see the README)
+#   bash recipes/study.sh                        # ~80 min on 2 cores in bf16 (see the README)
 #   SEEDS="1 2 3" bash recipes/study.sh          # a third seed: only the new runs train
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #
