@@ -7,6 +7,7 @@ with every value a string; the epoch records (tag ``train``) prefix their keys w
 Standard library only: the launcher must not import torch to show progress.
 
     python -m fairseq_codistill.logs LOG TAG KEY   # KEY of the newest TAG record in LOG
+    python -m fairseq_codistill.logs LOG TAG KEY TAG KEY ...   # one line, "-" where missing
 """
 import json
 import re
@@ -65,17 +66,23 @@ def last_value(text: str, tag: str, key: str):
 
 def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 3 or args[1] not in TAGS:
-        print(f"usage: python -m fairseq_codistill.logs LOG {{{','.join(TAGS)}}} KEY", file=sys.stderr)
+    path, pairs = (args[0], list(zip(args[1::2], args[2::2]))) if args else ("", [])
+    if len(args) < 3 or len(args) % 2 == 0 or any(tag not in TAGS for tag, _ in pairs):
+        print(f"usage: python -m fairseq_codistill.logs LOG {{{','.join(TAGS)}}} KEY [TAG KEY]...",
+              file=sys.stderr)
         return 2
-    path, tag, key = args
     try:
         with open(path, errors="replace") as f:
-            value = last_value(f.read(), tag, key)
+            text = f.read()
     except FileNotFoundError:
-        value = None
-    if value is not None:
-        print(f"{value:g}" if isinstance(value, float) else value)
+        text = ""
+    # One process for all of a log's figures: the demo asks every few seconds.
+    values = [last_value(text, tag, key) for tag, key in pairs]
+    shown = ["-" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    if len(pairs) > 1:
+        print(" ".join(shown))
+    elif values[0] is not None:
+        print(shown[0])
     return 0
 
 

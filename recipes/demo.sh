@@ -56,9 +56,11 @@ progress() {
         (( running )) || break
         line=""
         for i in "${!labels[@]}"; do
-            updates=$("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" train_inner num_updates)
-            nll=$("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" valid nll_loss)
-            line+="${labels[$i]} ${updates:-0}/$UPDATES${nll:+ (valid nll $nll)} | "
+            read -r updates nll < <("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" \
+                train_inner num_updates valid nll_loss)
+            [[ "$updates" != - ]] || updates=0
+            [[ "$nll" != - ]] || nll=""
+            line+="${labels[$i]} $updates/$UPDATES${nll:+ (valid nll $nll)} | "
         done
         line+=$(elapsed $(( SECONDS - START )))
         if [[ -t 1 ]]; then printf '\r\033[K%s' "$line"; else printf '%s\n' "$line"; fi

@@ -23,3 +23,7 @@ def test_last_value_and_the_command_line(tmp_path, capsys):
     assert logs.main([str(tmp_path / "missing.log"), "valid", "nll_loss"]) == 0
     assert capsys.readouterr().out == ""
     assert logs.main([str(log), "bogus", "loss"]) == 2
+    # several figures of one log in one call, "-" for one it does not have yet
+    assert logs.main([str(log), "train_inner", "num_updates", "valid", "nll_loss", "valid", "bleu"]) == 0
+    assert capsys.readouterr().out == "40 6.25 -\n"
+    assert logs.main([str(log), "train_inner"]) == 2
