@@ -161,8 +161,9 @@ def bytes_exchanged(series: Series, allreduce_workers: Optional[int]) -> Optiona
     codistill = [r["codistill_bytes"] for r in series.inner if isinstance(r.get("codistill_bytes"), float)]
     if codistill:
         return codistill[-1]
-    stands_for_workers = allreduce_workers and series.setup.get("update_freq", 1) >= allreduce_workers
-    workers = (allreduce_workers if stands_for_workers else None) or series.setup.get("world_size") or 1
+    workers = series.setup.get("world_size") or 1
+    if allreduce_workers and series.setup.get("update_freq", 1) >= allreduce_workers:
+        workers = allreduce_workers
     updates = updates_done(series)
     params = series.setup.get("params")
     if workers <= 1 or params is None or updates is None:
