@@ -26,15 +26,13 @@ import tempfile
 from pathlib import Path
 
 import common
-from fairseq_codistill.exchange import (
-    SNAPSHOT_DTYPES,
-    TOPOLOGIES,
-    cast_state_dict,
-    peer_ids,
-    write_snapshot,
-)
+from fairseq_codistill.exchange import TOPOLOGIES, peer_ids
+from fairseq_codistill.snapshot import SNAPSHOT_DTYPES, cast_state_dict, write_snapshot
 
 GRAD_BYTES = 4  # fp32 gradients
+# The floor of a snapshot: bytes per parameter in its dtype (int8: one byte per weight; its
+# per-row scales and fp16 biases are the overhead the ratio shows).
+BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
 def parse_args(argv=None):
@@ -62,8 +60,8 @@ def snapshot_sizes(model, root: Path) -> dict:
     """Bytes of one published snapshot of ``model`` in each dtype, as written to disk."""
     sizes = {}
     for i, dtype in enumerate(SNAPSHOT_DTYPES):
-        path = write_snapshot(root, i, 1, cast_state_dict(model.state_dict(), dtype), dtype=dtype)
-        sizes[dtype] = path.stat().st_size
+        key = write_snapshot(root, i, 1, cast_state_dict(model.state_dict(), dtype), dtype=dtype)
+        sizes[dtype] = (root / key).stat().st_size
     return sizes
 
 
@@ -95,7 +93,7 @@ def main(argv=None):
     print(f"# communication: {params / 1e6:.1f}M params, n = {args.num_models} models x "
           f"W = {args.workers_per_model} workers, K = {args.interval}, topology {args.topology}")
     for dtype, size in sizes.items():
-        floor = params * SNAPSHOT_DTYPES[dtype].itemsize
+        floor = params * BYTES_PER_PARAM[dtype]
         print(f"size  snapshot {dtype:<5s} {common.fmt_bytes(size):>10s}   "
               f"(parameters alone: {common.fmt_bytes(floor)})")
     ar_sent, ar_recv = allreduce_bytes(params, args.num_models, args.workers_per_model)
@@ -107,7 +105,7 @@ def main(argv=None):
               f"received {common.fmt_bytes(recv)}")
 
     for dtype, size in sizes.items():
-        floor = params * SNAPSHOT_DTYPES[dtype].itemsize
+        floor = params * BYTES_PER_PARAM[dtype]
         print(common.ratio_line(f"snapshot_over_params_{dtype}", size / floor,
                                 "snapshot bytes / (parameters x dtype size): 1.0 is the floor"))
     sent, recv = codistill_bytes(sizes[args.dtype], args.interval, args.num_models, args.topology)

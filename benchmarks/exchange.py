@@ -1,4 +1,4 @@
-"""What publishing and loading peer snapshots costs, against the disk's own speed.
+"""What publishing and loading peer snapshots costs, against the store's own speed.
 
 For a transformer-big-sized model (about 210M parameters, ``--params``) and each
 snapshot dtype, interleaved rounds time:
@@ -18,35 +18,67 @@ size: a large file writes slower per byte once the kernel throttles dirty pages,
     write_fraction_<dtype> = snapshot write throughput / disk write throughput (>= 0.5)
     read_fraction_<dtype>  = snapshot read throughput / disk read throughput   (>= 0.5)
 
+``--dir`` may also be an object store URL (``s3://bucket/prefix``, any fsspec URL).
+Publish is then ``write_snapshot`` into the store (serialise, CRC, upload), load is
+``read_snapshot`` (ranged GETs, CRC check, deserialise), and the baseline is the
+store's plain transfer of the same bytes, one call each way: ``fs.pipe_file`` (put)
+and ``fs.cat_file`` (get), as fsspec does them (s3fs: a multipart upload of 50 MiB
+parts above 100 MiB, concurrent 50 MiB ranged GETs above 50 MiB). No page cache to drop:
+
+    write_fraction_<dtype> = snapshot write throughput / plain put throughput (>= 0.8)
+    read_fraction_<dtype>  = snapshot read throughput / plain get throughput  (>= 0.8)
+
+Everything goes under a fresh prefix (``<url>/exchange-bench-<random>``), deleted at
+the end; the bucket must exist (the benchmark creates none: against real S3 a typo
+would make a stray bucket). Credentials and endpoint come from the environment, as for
+training (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...). For every dtype:
+
+    bytes_per_exchange_<dtype> = bytes of one snapshot object: what one model writes
+                                 per exchange, and what each of its peers reads
+
 Then a ``PeerExchange`` runs real updates of the model while it loads a peer in the
 background, and the time spent inside ``PeerExchange.step`` on the update that swaps
 the peer in is compared with one update of the model:
 
     stall_swap_<dtype>     = main-thread time in step() at a swap / one update  (< 0.05)
 
-    python benchmarks/exchange.py            # 210M parameters, fp32 fp16 bf16
+    python benchmarks/exchange.py            # 210M parameters, fp32 fp16 bf16 int8
     python benchmarks/exchange.py --quick    # 20M parameters: under a minute
+
+Against a local S3 server (moto, installed with the s3 test extras)::
+
+    .venv/bin/moto_server -H 127.0.0.1 -p 5555 &
+    export AWS_ENDPOINT_URL=http://127.0.0.1:5555 AWS_ACCESS_KEY_ID=testing \
+           AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
+    .venv/bin/python -c "import s3fs; s3fs.S3FileSystem().mkdir('bench')"   # the bucket
+    .venv/bin/python benchmarks/exchange.py --dir s3://bench/x --quick
+
+moto reads a whole object for every GET, ranged or not, and slices it: there, a read in
+N ranged GETs (read_snapshot's) costs N whole-object reads on the server, which a real
+object store does not charge, so moto's read fractions say little about S3's.
 """
 import argparse
 import ctypes
+import io
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
 import common
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import (
+from fairseq_codistill.exchange import PeerExchange
+from fairseq_codistill.snapshot import (
     SNAPSHOT_DTYPES,
-    PeerExchange,
     cast_state_dict,
-    model_dir,
     read_snapshot,
     write_snapshot,
 )
+from fairseq_codistill.storage import LocalStore, Store, open_store
 
 # The disk baseline's request sizes: the fastest plain patterns found on a virtual disk
 # (1 MiB writes beat 64 MiB ones by 2-4x there; reads like large requests).
@@ -64,7 +96,8 @@ def parse_args(argv=None):
                    help="timed rounds of write/read; medians (a virtual disk's speed varies a lot)")
     p.add_argument("--dir", default=None,
                    help="where snapshots go (default: a temp dir); point it at the shared "
-                        "filesystem the models will use to measure that instead")
+                        "filesystem or the object store URL (s3://bucket/prefix) the models "
+                        "will use to measure that instead")
     p.add_argument("--update-tokens", type=int, default=None,
                    help="tokens of the reference update (default 256 on a CPU, where bigger "
                         "batches take minutes, which only makes the stall look smaller; "
@@ -146,6 +179,62 @@ def disk_read(path: Path) -> bytearray:
     return buf
 
 
+class DiskBaseline:
+    """Plain writes and reads of a local directory, read from a dropped page cache."""
+
+    name, put_name, get_name, target = "disk", "disk write", "disk read", 0.5
+
+    def __init__(self, store: LocalStore):
+        self.store = store
+
+    def data(self, view: memoryview) -> memoryview:
+        return view
+
+    def put(self, key: str, data) -> None:
+        disk_write(self.store.root / key, data)
+
+    def get(self, key: str) -> bytearray:
+        return disk_read(self.store.root / key)
+
+    def uncache(self, key: str):
+        """Drop ``key``'s pages; the share still cached (None if unknown)."""
+        path = self.store.root / key
+        drop_cache(path)
+        return cached_fraction(path)
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+
+class StoreBaseline:
+    """The object store's own transfer of the same bytes, one fsspec call each way."""
+
+    name, put_name, get_name, target = "plain", "plain put", "plain get", 0.8
+
+    def __init__(self, store: Store):
+        self.store, self.fs = store, store.fs
+
+    def data(self, view: memoryview) -> bytes:
+        return bytes(view)  # what a client's put takes; copied before the clock starts
+
+    def put(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self.store._path(key), data)
+
+    def get(self, key: str) -> bytes:
+        return self.fs.cat_file(self.store._path(key))
+
+    def uncache(self, key: str):
+        return None  # no page cache between us and the store
+
+    def delete(self, key: str) -> None:
+        self.store.delete(key)
+
+
+def object_size(store: Store, key: str) -> int:
+    with store.open(key) as f:
+        return f.seek(0, io.SEEK_END)
+
+
 def timed(fn, device: torch.device = torch.device("cpu")):
     """(wall seconds, result) of ``fn()``, GPU work included."""
     common.synchronize(device)
@@ -158,50 +247,57 @@ def timed(fn, device: torch.device = torch.device("cpu")):
 # -- publish and load ----------------------------------------------------------------
 
 
-def io_rounds(model, dtypes, reps, root: Path, device):
-    """Per dtype, per round: cast, then snapshot and disk writes, then snapshot and disk
+def io_rounds(model, dtypes, reps, store: Store, baseline, device):
+    """Per dtype, per round: cast, then snapshot and plain writes, then snapshot and plain
     reads, each pair in alternating order. An untimed first write gives the sizes."""
-    t = {d: {k: [] for k in ("cast", "write", "disk_write", "read", "disk_read")} for d in dtypes}
-    size = {d: write_snapshot(root, i, 0, cast_state_dict(model.state_dict(), d), dtype=d,
-                              keep=1).stat().st_size for i, d in enumerate(dtypes)}
+    t = {d: {k: [] for k in ("cast", "write", "plain_write", "read", "plain_read")} for d in dtypes}
+    size = {d: object_size(store, write_snapshot(store, i, 0, cast_state_dict(model.state_dict(), d),
+                                                 dtype=d, keep=1))
+            for i, d in enumerate(dtypes)}
     noise = memoryview(os.urandom(1 << 20) * (max(size.values()) // (1 << 20) + 1))
     cached = []
     for r in range(1, reps + 1):
         for i, dtype in enumerate(dtypes):
             dt, state = timed(lambda: cast_state_dict(model.state_dict(), dtype), device)
             t[dtype]["cast"].append(dt)
-            path, plain = model_dir(root, i) / f"snapshot-{r:010d}.cds", root / f"disk-{dtype}.bin"
-            writes = [("write", lambda: write_snapshot(root, i, r, state, dtype=dtype, keep=1)),
-                      ("disk_write", lambda: disk_write(plain, noise[:size[dtype]]))]
-            reads = [("read", lambda: read_snapshot(path)), ("disk_read", lambda: disk_read(plain))]
-            for key, fn in (writes if r % 2 else writes[::-1]):
-                t[dtype][key].append(timed(fn)[0])
-            del state
-            for p in (path, plain):  # both read from a dropped cache
-                drop_cache(p)
-                cached.append(cached_fraction(p))
-            for key, fn in (reads if r % 2 else reads[::-1]):
+            key, plain = None, f"{baseline.name}-{dtype}.bin"
+            data = baseline.data(noise[:size[dtype]])
+
+            def write():
+                nonlocal key
+                key = write_snapshot(store, i, r, state, dtype=dtype, keep=1)
+
+            writes = [("write", write), ("plain_write", lambda: baseline.put(plain, data))]
+            reads = [("read", lambda: read_snapshot(store, key)),
+                     ("plain_read", lambda: baseline.get(plain))]
+            for name, fn in (writes if r % 2 else writes[::-1]):
+                t[dtype][name].append(timed(fn)[0])
+            del state, data
+            for k in (key, plain):  # both read from a dropped cache
+                cached.append(baseline.uncache(k))
+            for name, fn in (reads if r % 2 else reads[::-1]):
                 dt, out = timed(fn)
-                t[dtype][key].append(dt)
+                t[dtype][name].append(dt)
                 del out
-            plain.unlink()
+            baseline.delete(plain)
     return t, size, cached
 
 
 # -- the stall at a swap -------------------------------------------------------------
 
 
-def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: Path, device, max_updates=50):
+def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: str, device, max_updates=50):
     """Main-thread seconds in PeerExchange.step at a publish and at two swaps.
 
-    A peer snapshot is on disk at update K; step(K) publishes ours and starts loading
-    the peer in the background; real updates run until a step swaps it in (the first
-    swap also builds the peer module). Then a newer peer snapshot at 2K, again.
+    A peer snapshot is in ``root`` (a directory or a store URL) at update K; step(K)
+    publishes ours and starts loading the peer in the background; real updates run
+    until a step swaps it in (the first swap also builds the peer module). Then a newer
+    peer snapshot at 2K, again.
     """
     interval = 1000
     exchange = PeerExchange(
         opts.exchange_config(opts.defaults(
-            codistill_dir=str(root), codistill_id=0, codistill_interval=interval,
+            codistill_dir=root, codistill_id=0, codistill_interval=interval,
             codistill_snapshot_dtype=dtype, codistill_peer_dtype="same")),
         build_peer=lambda meta: task.build_model(cfg.model),
     )
@@ -233,9 +329,29 @@ def exchange_criterion(task, exchange):
     return common.codistill_criterion(task, exchange.active_peers(), alpha=1.0)
 
 
+def open_root(where):
+    """(url, store, cleanup) for --dir: a temp dir if none, the directory itself, or a
+    fresh prefix under the URL, which ``cleanup()`` deletes (snapshots are hundreds of MB)."""
+    if where is None:
+        root = tempfile.mkdtemp(prefix="codistill-bench-exchange-")
+        return root, open_store(root), lambda: shutil.rmtree(root, ignore_errors=True)
+    store = open_store(where)
+    if isinstance(store, LocalStore):
+        store.root.mkdir(parents=True, exist_ok=True)
+        return where, store, lambda: None
+    url = f"{where.rstrip('/')}/exchange-bench-{uuid.uuid4().hex[:8]}"
+    store = open_store(url)
+    try:
+        store.check()
+    except ValueError as e:  # it names training's flag: this script's is --dir
+        raise SystemExit(str(e).replace("--codistill-dir", "--dir", 1)) from None
+    return url, store, lambda: store.fs.rm(store.root, recursive=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     device = common.setup_device(args)
+    root, store, cleanup = open_root(args.dir)  # a missing bucket shows before the model builds
     extra = ["--cpu"] if args.device == "cpu" else []
     extra += ["--fp16"] if args.fp16 else ["--bf16"] if args.bf16 else []
     cfg, task = common.fairseq_setup(common.big_transformer_args(args.params, args.vocab),
@@ -245,13 +361,14 @@ def main(argv=None):
                             device)
     optimizer = common.build_optimizer(cfg, model)
     sample = common.make_batch(task, args.update_tokens, args.seq_len, device)
-    root = Path(args.dir or tempfile.mkdtemp(prefix="codistill-bench-exchange-"))
-    root.mkdir(parents=True, exist_ok=True)
+    local = isinstance(store, LocalStore)
+    baseline = DiskBaseline(store) if local else StoreBaseline(store)
     try:
-        io_t, size, cached = io_rounds(model, args.dtypes, args.reps, root, device)
+        io_t, size, cached = io_rounds(model, args.dtypes, args.reps, store, baseline, device)
         stalls = {}
         for d in args.dtypes:
-            stalls[d] = swap_stalls(task, cfg, model, optimizer, sample, d, root / f"x-{d}", device)
+            # each dtype's exchange in its own directory or prefix
+            stalls[d] = swap_stalls(task, cfg, model, optimizer, sample, d, f"{root}/x-{d}", device)
             if d != args.dtypes[-1]:
                 del stalls[d]["peers"]  # one peer model in memory at a time
         # The reference: updates with a loaded peer and no exchange work in flight.
@@ -260,23 +377,27 @@ def main(argv=None):
             {"update": lambda: common.update(task, model, criterion, optimizer, sample)},
             reps=3, warmup=0, device=device)["update"]
     finally:
-        if args.dir is None:
-            shutil.rmtree(root, ignore_errors=True)
+        cleanup()
 
     print(f"# exchange: {common.num_params(model) / 1e6:.1f}M params "
           f"({' '.join(common.big_transformer_args(args.params, args.vocab)[1:])}), "
-          f"training in {str(train_dtype).replace('torch.', '')} on {args.device}, snapshots in {root}")
+          f"training in {str(train_dtype).replace('torch.', '')} on {args.device}, snapshots in "
+          f"{store.url}{'' if local else ' (deleted at the end)'}")
     print(common.machine_line(device, args))
-    known = [c for c in cached if c is not None]
-    print("note  reads are after posix_fadvise(DONTNEED); share of the file still in the page "
-          f"cache when read: {'unknown' if not known else f'max {max(known):.0%}'}")
+    if local:
+        known = [c for c in cached if c is not None]
+        print("note  reads are after posix_fadvise(DONTNEED); share of the file still in the page "
+              f"cache when read: {'unknown' if not known else f'max {max(known):.0%}'}")
+    else:
+        print(f"note  object store: plain put = {type(store.fs).__name__}.pipe_file, plain get = "
+              "cat_file of the same number of bytes; snapshot read = read_snapshot's ranged GETs")
     print(f"time  build model                  {dt_build:9.4f} s  (the first swap builds the peer too)")
     print(common.time_line(f"update ({sample['ntokens']} tokens, 1 peer)", ref))
     t_update = common.median(ref)
-    # The disk's speed for the same number of bytes: the median of the plain rounds of
-    # that dtype's size (per-byte speed falls with size once dirty pages are throttled).
-    disk = {d: {k: [size[d] / 1e6 / x for x in io_t[d][k]] for k in ("disk_write", "disk_read")}
-            for d in args.dtypes}
+    # The baseline's speed for the same number of bytes: the median of the plain rounds
+    # of that dtype's size (per-byte speed falls with size once dirty pages are throttled).
+    plain = {d: {k: [size[d] / 1e6 / x for x in io_t[d][k]] for k in ("plain_write", "plain_read")}
+             for d in args.dtypes}
     fractions = {}
     for d in args.dtypes:
         t = {k: common.median(v) for k, v in io_t[d].items()}
@@ -285,16 +406,23 @@ def main(argv=None):
         print(f"size  snapshot {d:<5s} {common.fmt_bytes(size[d]):>10s}   cast {t['cast']:.3f} s, "
               f"write {t['write']:.3f} s ({write_rate:.0f} MB/s), read {t['read']:.3f} s "
               f"({read_rate:.0f} MB/s); medians of {len(io_t[d]['write'])}")
-        w, r = disk[d]["disk_write"], disk[d]["disk_read"]
-        print(f"disk  same size   write {common.median(w):.0f} MB/s ({common.spread(w)}), "
-              f"read {common.median(r):.0f} MB/s ({common.spread(r)})")
+        w, r = plain[d]["plain_write"], plain[d]["plain_read"]
+        put, get = ("write", "read") if local else ("put", "get")
+        print(f"{baseline.name:<5s} same size   {put} {common.median(w):.0f} MB/s ({common.spread(w)}), "
+              f"{get} {common.median(r):.0f} MB/s ({common.spread(r)})")
         fractions[d] = (write_rate / common.median(w), read_rate / common.median(r))
     for d in args.dtypes:
         w, r = fractions[d]
-        print(common.ratio_line(f"write_fraction_{d}", w, "snapshot write MB/s / disk write MB/s",
-                                ">= 0.5", w >= 0.5))
-        print(common.ratio_line(f"read_fraction_{d}", r, "snapshot read MB/s / disk read MB/s",
-                                ">= 0.5", r >= 0.5))
+        target = f">= {baseline.target}"
+        print(common.ratio_line(f"write_fraction_{d}", w,
+                                f"snapshot write MB/s / {baseline.put_name} MB/s", target,
+                                w >= baseline.target))
+        print(common.ratio_line(f"read_fraction_{d}", r,
+                                f"snapshot read MB/s / {baseline.get_name} MB/s", target,
+                                r >= baseline.target))
+    for d in args.dtypes:
+        print(bytes_line(f"bytes_per_exchange_{d}", size[d],
+                         "the snapshot object: one model writes it per exchange, each peer reads it"))
     for d in args.dtypes:
         s = stalls[d]
         print(f"time  step() at swaps {d:<5s}   first {s['swap'][0]:.4f} s (builds the peer), "
@@ -311,6 +439,11 @@ def main(argv=None):
         print(common.ratio_line(f"update_while_loading_{d}",
                                 common.median(s["updates_while_loading"]) / t_update,
                                 "update time while a peer loads in the background / one update"))
+
+
+def bytes_line(name: str, nbytes: int, what: str) -> str:
+    """``bytes <name> = <int>``: a byte count, printed whole (a ratio line keeps 4 digits)."""
+    return f"bytes {name} = {nbytes}   ({common.fmt_bytes(nbytes)}: {what})"
 
 
 if __name__ == "__main__":

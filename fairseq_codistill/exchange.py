@@ -1,86 +1,53 @@
-"""The peer-snapshot exchange: how n codistilling models share weights through files.
+"""The peer exchange's policy: when one model publishes its snapshot, when it reads its
+peers', which version it uses, and what it tells the user when a peer is missing.
 
-No fairseq import: the NMT task and the vision trainer both drive a ``PeerExchange``.
-
-Layout of the exchange directory (a shared filesystem in a cluster)::
-
-    DIR/model{i}/snapshot-{update:010d}.cds   one complete snapshot of model i
-    DIR/model{i}/.tmp-*                        a snapshot being written (never read)
-
-A snapshot file is ``payload | header | u32 header length | u32 header CRC | MAGIC``: the payload is
-``torch.save(state_dict)`` (tensors only, so ``torch.load(weights_only=True)`` reads it),
-the header is JSON with the format version, model id, update number, dtype, payload
-length, CRC-32 of the payload and the metadata needed to rebuild the model; the
-trailer holds the header's own CRC-32, so a damaged byte anywhere is caught. The
-header sits at the end so the writer streams the payload and its CRC in one pass.
-
-Files appear by ``rename`` after ``fsync``: a reader sees a whole file or none.
-Writers keep their newest ``KEEP`` versions; a reader picks the newest and, since a
-version is pruned only after ``KEEP`` newer ones exist, has ``KEEP - 1`` intervals to
-read it. A file unlinked while open stays readable (POSIX), and one that vanished
-before it was opened is simply retried at the next interval.
+The snapshot format is ``fairseq_codistill.snapshot``; where the bytes go (a directory,
+or an object store such as S3) is ``fairseq_codistill.storage``; who trains as which
+model is ``fairseq_codistill.lease``. No fairseq import: the NMT task and the vision
+trainer both drive a ``PeerExchange``.
 """
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
-import io
-import json
 import logging
-import os
-import re
-import struct
-import tempfile
-import threading
 import time
-import zlib
+import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from fairseq_codistill import lease as leases
 from fairseq_codistill.precision import PEER_DTYPES, peer_dtype
+from fairseq_codistill.snapshot import (
+    SNAPSHOT_DTYPES,
+    Snapshot,
+    SnapshotError,
+    cast_state_dict,
+    list_snapshots,
+    model_prefix,
+    read_snapshot,
+    write_snapshot,
+)
+from fairseq_codistill.storage import open_store
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MAGIC = b"CODISTL\x01"
-KEEP = 2
 TOPOLOGIES = ("all", "ring")
-SNAPSHOT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_TRAILER = struct.Struct("<II8s")  # header length, header CRC-32, MAGIC
-_NAME = re.compile(r"^snapshot-(\d{10})\.cds$")
-# A header is a few KB; anything claiming more is garbage, not a snapshot.
-_MAX_HEADER_BYTES = 1 << 20
+# A peer with no snapshot after this many exchanges gets a warning at each exchange.
+SILENT_EXCHANGES = 3
 
 
-class SnapshotError(Exception):
-    """A snapshot file that cannot be used: torn, corrupt, foreign or from the future."""
+# Exchanges not closed yet, closed at interpreter exit (held weakly: an exchange dropped
+# without close() frees its peer models).
+_OPEN: "weakref.WeakSet[PeerExchange]" = weakref.WeakSet()
 
 
-@dataclass(frozen=True)
-class SnapshotInfo:
-    """A snapshot file found by listing, before it is read."""
-
-    model_id: int
-    num_updates: int
-    path: Path
-
-
-@dataclass
-class Snapshot:
-    """A snapshot read and verified in full."""
-
-    model_id: int
-    num_updates: int
-    dtype: str
-    meta: dict
-    state_dict: Dict[str, torch.Tensor]
-    nbytes: int
-
-
-def model_dir(root, model_id: int) -> Path:
-    return Path(root) / f"model{model_id}"
+@atexit.register
+def _close_all() -> None:
+    for exchange in list(_OPEN):
+        exchange.close()
 
 
 def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]:
@@ -90,233 +57,6 @@ def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]
     if topology == "ring":
         return [(model_id + 1) % num_models]
     return [j for j in range(num_models) if j != model_id]
-
-
-class _CRCWriter(io.RawIOBase):
-    """A write-only file wrapper that keeps the CRC-32 and length of what went through.
-
-    ``on_first_write`` runs before the first byte goes through: by then torch.save has
-    opened its zip writer (see ``_save_without_zip_crc``).
-    """
-
-    CHUNK = 1 << 20  # torch.save hands over whole tensors; one huge write() can stall a disk
-
-    def __init__(self, f, on_first_write: Optional[Callable[[], None]] = None):
-        self.f, self.crc, self.nbytes = f, 0, 0
-        self.on_first_write = on_first_write
-
-    def writable(self):
-        return True
-
-    def write(self, b):
-        if self.on_first_write is not None:
-            self.on_first_write, first = None, self.on_first_write
-            first()
-        view = memoryview(b).cast("B")
-        for start in range(0, len(view), self.CHUNK):
-            piece = view[start:start + self.CHUNK]
-            self.crc = zlib.crc32(piece, self.crc)
-            self.f.write(piece)
-        self.nbytes += len(view)
-        return len(view)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path, write: Callable) -> None:
-    """Write ``path`` through ``write(f)`` into a temp file, fsync it, then rename it in.
-
-    Readers in other processes see the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str) -> Dict[str, torch.Tensor]:
-    """CPU copies of the tensors, floating-point ones cast to the snapshot dtype.
-
-    Always copies (``.to`` of a CPU fp32 tensor to fp32 would return the live parameter,
-    which the background writer would then save while the optimizer changes it), and
-    copies tied weights once: they stay one tensor, so torch.save stores them once.
-    """
-    target = SNAPSHOT_DTYPES[dtype]
-    out, copies = {}, {}
-    for name, t in state_dict.items():
-        t = t.detach()
-        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
-        if key not in copies:
-            copies[key] = t.to(device="cpu", dtype=target if t.is_floating_point() else t.dtype,
-                               copy=True).contiguous()
-        out[name] = copies[key]
-    return out
-
-
-_ZIP_CRC_LOCK = threading.Lock()
-
-
-def _save_without_zip_crc(state_dict, f) -> _CRCWriter:
-    """``torch.save(state_dict)`` into ``f`` through a ``_CRCWriter``, without torch's zip CRCs.
-
-    torch.save computes a CRC-32 of every zip record, a second pass over hundreds of MB
-    (0.04 s per 80 MB on the development machine, 40% of writing them to disk) that
-    nothing reads back: torch.load does not verify it (a flipped byte loads silently with or
-    without it). Our CRC-32 covers the same bytes and is checked. The switch is
-    process-wide, but torch reads it once, when a save opens its zip writer, so it is off
-    only from here to our first byte: a save started by another thread in that window
-    would still load, just without zip CRCs.
-    """
-    if not hasattr(torch.serialization, "set_crc32_options"):  # an older torch: no switch
-        crc_f = _CRCWriter(f)
-        torch.save(state_dict, crc_f)
-        return crc_f
-    with _ZIP_CRC_LOCK:
-        previous = torch.serialization.get_crc32_options()
-
-        def restore():
-            torch.serialization.set_crc32_options(previous)
-
-        crc_f = _CRCWriter(f, on_first_write=restore)
-        torch.serialization.set_crc32_options(False)
-        try:
-            torch.save(state_dict, crc_f)
-        finally:
-            if crc_f.on_first_write is not None:  # failed before writing anything
-                restore()
-    return crc_f
-
-
-def write_snapshot(root, model_id: int, num_updates: int, state_dict: Dict[str, torch.Tensor],
-                   meta: Optional[dict] = None, dtype: str = "fp16", keep: int = KEEP) -> Path:
-    """Publish ``state_dict`` (already on the CPU in ``dtype``, see ``cast_state_dict``)."""
-    if dtype not in SNAPSHOT_DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(SNAPSHOT_DTYPES)} (got {dtype!r})")
-    directory = model_dir(root, model_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"snapshot-{num_updates:010d}.cds"
-
-    def write(f):
-        crc_f = _save_without_zip_crc(state_dict, f)
-        header = json.dumps({
-            "format_version": FORMAT_VERSION,
-            "model_id": model_id,
-            "num_updates": num_updates,
-            "dtype": dtype,
-            "payload_bytes": crc_f.nbytes,
-            "crc32": crc_f.crc,
-            "created": time.time(),
-            "meta": meta or {},
-        }, default=str).encode()
-        f.write(header)
-        f.write(_TRAILER.pack(len(header), zlib.crc32(header), MAGIC))
-
-    atomic_write(path, write)
-    prune(root, model_id, keep)
-    return path
-
-
-def prune(root, model_id: int, keep: int = KEEP) -> None:
-    """Delete all but the newest ``keep`` snapshots of ``model_id``."""
-    for info in list_snapshots(root, model_id)[keep:]:
-        try:
-            info.path.unlink()
-        except FileNotFoundError:
-            pass
-
-
-def list_snapshots(root, model_id: int) -> List[SnapshotInfo]:
-    """Complete snapshots of ``model_id``, newest first. Temp files never match."""
-    directory = model_dir(root, model_id)
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    found = []
-    for name in names:
-        m = _NAME.match(name)
-        if m:
-            found.append(SnapshotInfo(model_id, int(m.group(1)), directory / name))
-    return sorted(found, key=lambda s: s.num_updates, reverse=True)
-
-
-def read_snapshot(path) -> Snapshot:
-    """Read and verify a whole snapshot; any defect raises ``SnapshotError``, nothing partial."""
-    try:
-        with open(path, "rb") as f:
-            return _read(f, path)
-    except OSError as e:
-        raise SnapshotError(f"cannot read {path}: {e}") from e
-
-
-def parse_snapshot(data: bytes, path="<bytes>") -> Snapshot:
-    """``read_snapshot`` of bytes in memory."""
-    return _read(io.BytesIO(data), path)
-
-
-def _read(f, path) -> Snapshot:
-    size = f.seek(0, io.SEEK_END)
-    if size < _TRAILER.size:
-        raise SnapshotError(f"{path} is not a complete snapshot (no end marker)")
-    f.seek(size - _TRAILER.size)
-    header_len, header_crc, magic = _TRAILER.unpack(f.read(_TRAILER.size))
-    if magic != MAGIC:
-        raise SnapshotError(f"{path} is not a complete snapshot (no end marker)")
-    header_end = size - _TRAILER.size
-    if header_len > min(_MAX_HEADER_BYTES, header_end):
-        raise SnapshotError(f"{path} has a bad header length ({header_len})")
-    f.seek(header_end - header_len)
-    header_bytes = f.read(header_len)
-    if zlib.crc32(header_bytes) != header_crc:
-        raise SnapshotError(f"{path} fails its header checksum")
-    try:
-        header = json.loads(header_bytes)
-        version = header["format_version"]
-        payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise SnapshotError(f"{path} has an unreadable header: {e}") from e
-    if version != FORMAT_VERSION:
-        raise SnapshotError(
-            f"{path} has snapshot format {version}; this fairseq-codistill reads format "
-            f"{FORMAT_VERSION}: run the same version in every model")
-    if payload_bytes != header_end - header_len:
-        raise SnapshotError(f"{path} is truncated or padded (payload length mismatch)")
-    f.seek(0)
-    payload = f.read(payload_bytes)  # a bytes object: BytesIO below shares it, no copy
-    if zlib.crc32(payload) != crc:
-        raise SnapshotError(f"{path} fails its checksum")
-    try:
-        state_dict = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
-    except Exception as e:  # a valid CRC over an invalid pickle: foreign writer
-        raise SnapshotError(f"{path} does not hold a state dict: {e}") from e
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
-        raise SnapshotError(f"{path} does not hold a state dict of tensors")
-    try:
-        return Snapshot(
-            model_id=int(header["model_id"]), num_updates=int(header["num_updates"]),
-            dtype=str(header["dtype"]), meta=dict(header.get("meta") or {}),
-            state_dict=state_dict, nbytes=size,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise SnapshotError(f"{path} has an incomplete header: {e}") from e
 
 
 # --------------------------------------------------------------------------------------
@@ -364,19 +104,9 @@ class ExchangeConfig:
 
 
 def check_exchange_dir(root) -> None:
-    """Fail at start-up when the exchange directory can never work."""
-    path = Path(root)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--codistill-dir {root} is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"--codistill-dir {root}: cannot create it ({e.strerror})") from e
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as e:
-        raise ValueError(f"--codistill-dir {root} is not writable ({e.strerror})") from e
+    """Fail at start-up when the exchange directory or store can never work; the error
+    names --codistill-dir."""
+    open_store(root).check()
 
 
 @dataclass
@@ -385,8 +115,9 @@ class _Peer:
     num_updates: int = -1  # of the snapshot in ``model``
     pending: Optional[concurrent.futures.Future] = None
     pending_updates: int = -1
-    pending_path: str = ""
-    rejected: set = field(default_factory=set)  # paths warned about once
+    pending_key: str = ""
+    rejected: set = field(default_factory=set)  # keys warned about once
+    resumed_from: int = -1  # the version we used before a restart (our checkpoint's)
 
 
 class PeerExchange:
@@ -399,6 +130,10 @@ class PeerExchange:
     at the first later ``step`` where every rank has them, so the ranks of one
     data-parallel job always use the same peer version at the same update.
 
+    The writer rank holds this model's lease (``fairseq_codistill.lease``) from
+    construction to ``close``; constructing fails, naming the flag, when another live
+    job holds the same id or disagrees on the number of models or the topology.
+
     ``build_peer(meta)`` makes an empty peer model from a snapshot's metadata and
     ``check_peer(meta)`` raises ``SnapshotError`` for an incompatible one (another
     vocabulary); both are the caller's, since only the caller knows its models.
@@ -409,44 +144,38 @@ class PeerExchange:
                  group=None):
         cfg.validate()
         self.cfg = cfg
+        self.store = open_store(cfg.root)
         self.build_peer, self.check_peer = build_peer, check_peer
         self.meta = meta or {}
         self.group = group
         self.rank, self.world = _rank_world(group)
         self.is_writer = self.rank == 0
         self.peers: Dict[int, _Peer] = {j: _Peer() for j in peer_ids(cfg.model_id, cfg.num_models, cfg.topology)}
-        self.bytes_read = 0  # by this rank, from peers' files
-        self.bytes_written = 0
+        self.bytes_read = 0  # by this rank, from peers' snapshots
         self.num_loads = 0
         self.last_step = -1
         self.last_published = -1
         self._started = False
         self._waited = False
         self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
+        self._store_down = False  # listing failed at the last exchange (warned once per outage)
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
         self._write_future: Optional[concurrent.futures.Future] = None
-        model_dir(cfg.root, cfg.model_id).mkdir(parents=True, exist_ok=True)
+        self.lease: Optional[leases.LeaseHolder] = None
+        self._closed = False
         if self.is_writer:
-            self._remove_stale_temps()
-
-    def _remove_stale_temps(self) -> None:
-        """A job killed while publishing leaves a (model-sized) temp file; only this model
-        writes into its directory, and it is not writing yet, so every temp file is stale."""
-        directory = model_dir(self.cfg.root, self.cfg.model_id)
-        for name in os.listdir(directory):
-            if name.startswith(".tmp-"):
-                try:
-                    os.unlink(directory / name)
-                    logger.info("codistill: removed %s, left by an interrupted publish", name)
-                except FileNotFoundError:
-                    pass
+            self.lease = leases.acquire(self.store, cfg.model_id, cfg.num_models, cfg.topology)
+            self.store.clean(model_prefix(cfg.model_id))
+        _OPEN.add(self)
 
     # -- the per-update hook ---------------------------------------------------------
     def step(self, num_updates: int, model: torch.nn.Module) -> None:
         if num_updates == self.last_step:
             return
         self.last_step = num_updates
+        if not self._started and self.is_writer:
+            self._drop_future_snapshots(num_updates)
         exchange_point = num_updates % self.cfg.interval == 0
         if exchange_point and num_updates > 0 and num_updates > self.last_published:
             self.publish(num_updates, model)
@@ -460,6 +189,18 @@ class PeerExchange:
             self._started = True
         if any(p.pending is not None for p in self.peers.values()):
             self._swap_ready(model)
+
+    def _drop_future_snapshots(self, num_updates: int) -> None:
+        """A job resumed from a checkpoint older than its last snapshot: those newer
+        snapshots belong to the lost run and, numbered higher, would outlive the new ones."""
+        try:
+            for info in list_snapshots(self.store, self.cfg.model_id):
+                if info.num_updates > num_updates:
+                    self.store.delete(info.key)
+                    logger.info("codistill: removed %s, published after the checkpoint this "
+                                "job resumed from", info.key)
+        except Exception as e:  # storage trouble must not stop training
+            logger.warning("codistill: could not tidy %s: %s", self.store.url, e)
 
     def active_peers(self, num_updates: Optional[int] = None) -> List[torch.nn.Module]:
         """Peer models to distil from now: loaded, and not staler than allowed. Run them
@@ -491,12 +232,19 @@ class PeerExchange:
 
     def _write(self, num_updates, state):
         try:
-            path = write_snapshot(self.cfg.root, self.cfg.model_id, num_updates, state,
-                                  meta=self.meta, dtype=self.cfg.dtype)
-            self.bytes_written += path.stat().st_size
-        except OSError as e:
-            # Storage trouble must not stop training: peers keep our previous snapshot.
-            logger.warning("codistill: could not publish snapshot at update %d: %s", num_updates, e)
+            write_snapshot(self.store, self.cfg.model_id, num_updates, state,
+                           meta=self.meta, dtype=self.cfg.dtype, create_only=True)
+        except FileExistsError:
+            logger.error("codistill: %s already holds model %d's snapshot at update %d: "
+                         "another job is publishing as --codistill-id %d", self.store.url,
+                         self.cfg.model_id, num_updates, self.cfg.model_id)
+        except Exception as e:
+            # Storage trouble must not stop training: peers keep our previous snapshot,
+            # and the next interval publishes again.
+            logger.warning("codistill: could not publish snapshot at update %d to %s: %s",
+                           num_updates, self.store.url, e)
+        if self.lease is not None:
+            self.lease.renew(num_updates)  # the heartbeat of every exchange
 
     def wait_for_write(self) -> None:
         if self._write_future is not None:
@@ -521,13 +269,39 @@ class PeerExchange:
                             wait, num_updates, lagging)
                 for j in lagging:
                     self._given_up[j] = self._newest_known(j, choice)
+            if num_updates % self.cfg.interval == 0:
+                self._warn_missing_peers(num_updates, choice)
         choice = _broadcast(choice, self.group, self.world)
-        for j, (updates, path) in choice.items():
+        for j, (updates, key) in choice.items():
             peer = self.peers[int(j)]
             if peer.pending is not None:
                 continue  # the previous load is still in flight; it will be swapped first
-            peer.pending = self._reader.submit(self._load, int(j), path)
-            peer.pending_updates, peer.pending_path = updates, path
+            peer.pending = self._reader.submit(self._load, int(j), key)
+            peer.pending_updates, peer.pending_key = updates, key
+
+    def _warn_missing_peers(self, num_updates: int, choice: dict) -> None:
+        """At each exchange: a warning for every peer with no snapshot after
+        ``SILENT_EXCHANGES`` exchanges; the peers' leases are checked in the background."""
+        silent = [j for j in self.peers if self._newest_known(j, choice) < 0]
+        if silent and num_updates >= SILENT_EXCHANGES * self.cfg.interval:
+            logger.warning(
+                "codistill: model(s) %s have not published a snapshot after %d exchanges "
+                "(update %d): this model trains without them. Are they running, with "
+                "--codistill-dir %s and --codistill-num-models %d?", silent,
+                num_updates // self.cfg.interval, num_updates, self.store.url, self.cfg.num_models)
+        self._reader.submit(self._check_leases, [j for j in self.peers if j not in silent])
+
+    def _check_leases(self, ids: List[int]) -> None:
+        """Background thread: a warning for every peer whose lease went stale."""
+        for j in ids:
+            try:
+                lease = leases.read_lease(self.store, j)
+            except Exception:
+                return  # the store is down: the listing has warned already
+            if lease is not None and not lease.finished and not lease.live():
+                logger.warning("codistill: model %d's lease is stale (renewed %.0fs ago by %s): "
+                               "its job may be dead; training goes on with its snapshot from "
+                               "update %d", j, lease.age(), lease.who(), self.peers[j].num_updates)
 
     def _newest_known(self, j: int, choice: dict) -> int:
         peer = self.peers[j]
@@ -545,38 +319,54 @@ class PeerExchange:
         return out
 
     def _newest_unseen(self) -> Dict[int, tuple]:
+        """The newest snapshot of each peer newer than the one it has; {} if the store
+        cannot be listed (the peers keep their weights)."""
         choice = {}
-        for j, peer in self.peers.items():
-            for info in list_snapshots(self.cfg.root, j):
-                if info.num_updates <= peer.num_updates:
+        try:
+            for j, peer in self.peers.items():
+                for info in list_snapshots(self.store, j):
+                    if info.num_updates <= peer.num_updates:
+                        break
+                    if info.key in peer.rejected:
+                        continue
+                    choice[j] = (info.num_updates, info.key)
                     break
-                if str(info.path) in peer.rejected:
-                    continue
-                choice[j] = (info.num_updates, str(info.path))
-                break
+        except Exception as e:
+            if not self._store_down:
+                logger.warning("codistill: cannot list %s (%s); keeping the peers' current "
+                               "weights until it answers", self.store.url, e)
+            self._store_down = True
+            return {}
+        if self._store_down:
+            logger.info("codistill: %s answers again", self.store.url)
+        self._store_down = False
         return choice
 
-    def _load(self, peer_id: int, path: str) -> Optional[Snapshot]:
+    def _load(self, peer_id: int, key: str) -> Optional[Snapshot]:
         """Background thread: read, verify and check one snapshot; None if unusable."""
         try:
-            snap = read_snapshot(path)
+            snap = read_snapshot(self.store, key)
             if snap.model_id != peer_id:
-                raise SnapshotError(f"{path} claims to be model {snap.model_id}, not {peer_id}")
+                raise SnapshotError(f"{key} claims to be model {snap.model_id}, not {peer_id}")
             if self.check_peer is not None:
                 self.check_peer(snap.meta)
             return snap
         except Exception as e:  # SnapshotError, or anything else: never out of this thread
-            self._reject(peer_id, path, e)
+            self._reject(peer_id, key, e)
             return None
 
-    def _reject(self, peer_id: int, path: str, error: Exception) -> None:
+    def _reject(self, peer_id: int, key: str, error: Exception) -> None:
         peer = self.peers[peer_id]
-        if path not in peer.rejected:
-            peer.rejected.add(path)
-            missing_file = isinstance(error.__cause__, FileNotFoundError)
-            (logger.info if missing_file else logger.warning)(
-                "codistill: skipping peer snapshot: %s; keeping the previous weights of model %d",
-                error, peer_id)
+        if key in peer.rejected:
+            return
+        if isinstance(error.__cause__, FileNotFoundError):  # pruned before we read it
+            logger.info("codistill: %s is gone; trying again at the next exchange", key)
+            return
+        if isinstance(error, SnapshotError) and not isinstance(error.__cause__, OSError):
+            peer.rejected.add(key)  # a bad snapshot stays bad: warn once, never retry it
+        # a failed read (the store went down mid-read) is retried at the next exchange
+        logger.warning("codistill: skipping peer snapshot: %s; keeping the previous weights "
+                       "of model %d", error, peer_id)
 
     def _swap_ready(self, model: torch.nn.Module) -> None:
         ids = [j for j, p in self.peers.items() if p.pending is not None]
@@ -598,8 +388,8 @@ class PeerExchange:
                 # A failed load_state_dict may have copied some tensors: drop the peer
                 # rather than keep half of it; the next good snapshot rebuilds it.
                 peer.model, peer.num_updates = None, -1
-                self._reject(snap.model_id, peer.pending_path,
-                             SnapshotError(f"cannot use {peer.pending_path}: {e}"))
+                self._reject(snap.model_id, peer.pending_key,
+                             SnapshotError(f"cannot use {peer.pending_key}: {e}"))
 
     def _install(self, peer: _Peer, snap: Snapshot, model: torch.nn.Module) -> None:
         if peer.model is None:
@@ -613,7 +403,11 @@ class PeerExchange:
             peer.model = self.build_peer(snap.meta)
         place_peer(peer.model, next(model.parameters()), self.cfg.peer_dtype)
         peer.model.load_state_dict(snap.state_dict, strict=True)  # copies, casting
-        peer.num_updates = snap.num_updates
+        if 0 <= snap.num_updates < peer.resumed_from:
+            logger.info("codistill: model %d is back at its update %d, from %d before this job "
+                        "resumed: it resumed from an older checkpoint", snap.model_id,
+                        snap.num_updates, peer.resumed_from)
+        peer.num_updates, peer.resumed_from = snap.num_updates, -1
         self.bytes_read += snap.nbytes
         self.num_loads += 1
         logger.info("codistill: loaded model %d at its update %d (%.1f MB)",
@@ -629,15 +423,37 @@ class PeerExchange:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Counters resume; peer weights are re-read from the newest snapshots."""
+        """Counters resume; peer weights are re-read from the newest snapshots, and a
+        peer found at an older version than before says that it went back."""
         self.last_published = int(state.get("last_published", -1))
         self.bytes_read = int(state.get("bytes_read", 0))
         self.num_loads = int(state.get("num_loads", 0))
+        for j, version in (state.get("peer_versions") or {}).items():
+            if int(j) in self.peers:
+                self.peers[int(j)].resumed_from = int(version)
+
+    def peer_versions(self) -> Dict[int, int]:
+        """Each peer's version in use, or before a restart the one it had."""
+        return {j: p.num_updates if p.model is not None else p.resumed_from
+                for j, p in self.peers.items()}
 
     def close(self) -> None:
+        """Finish the last write, mark the lease finished, and say so if this model never
+        had a peer. Idempotent; also runs at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
         self.wait_for_write()
         self._reader.shutdown(wait=True, cancel_futures=True)
         self._writer.shutdown(wait=True)
+        if self.lease is not None:
+            self.lease.release()
+        if self.is_writer and self.last_step >= self.cfg.interval and self.num_loads == 0:
+            logger.warning(
+                "codistill: model %d trained without any peer: no peer snapshot was loaded in "
+                "%d updates, so its penalty was 0 throughout (were the other models running, "
+                "with --codistill-dir %s?)", self.cfg.model_id, self.last_step, self.store.url)
 
 
 def place_peer(peer: torch.nn.Module, like: torch.Tensor, dtype: str) -> torch.nn.Module:

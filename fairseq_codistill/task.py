@@ -30,7 +30,8 @@ from fairseq_codistill.checkpoints import (
     repair_checkpoint_last,
 )
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import PeerExchange, SnapshotError, check_exchange_dir
+from fairseq_codistill.exchange import PeerExchange, check_exchange_dir
+from fairseq_codistill.snapshot import SnapshotError
 from fairseq_codistill.options import exchange_config
 
 logger = logging.getLogger(__name__)

@@ -97,3 +97,26 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", f"figures: {section}")
         for name, value in values.items():
             terminalreporter.write_line(f"{name}: {value}")
+
+
+# -- an S3 API server on 127.0.0.1, for the object-store tests -----------------------------
+@pytest.fixture(scope="session")
+def s3_server():
+    """One moto server for the session (fsspec caches S3 clients per process, so every
+    test must see the same endpoint); this process's AWS_* variables point at it."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (make install)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (make install)")
+    from s3server import S3Server, restore_env, set_env
+
+    server = S3Server()
+    server.start()
+    previous = set_env(server)
+    yield server
+    restore_env(previous)
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server) -> str:
+    """A fresh bucket, with a prefix: s3://test-xxxx/exchange."""
+    return s3_server.bucket() + "/exchange"

@@ -10,18 +10,30 @@ import pytest
 from conftest import BIN, REPO, cpu_env, run
 
 RATIO = re.compile(r"^ratio (\S+) = (\S+)", re.M)
+BYTES = re.compile(r"^bytes (\S+) = (\d+)", re.M)
 
 EXPECTED = {
     "step_overhead": {"overhead", "overhead_alpha0", "efficiency"},
     "exchange": {"write_fraction_fp16", "read_fraction_fp16", "stall_swap_fp16"},
     "communication": {"allreduce_over_codistill", "orders_of_magnitude"},
     "memory": {"peer_cost"},
-    "peer_precision": {"error_bf16", "grad_error_bf16", "error_fp16", "grad_error_fp16"},
+    "peer_precision": {"error_bf16", "grad_error_bf16", "error_fp16", "grad_error_fp16",
+                       "error_snapshot_int8", "grad_error_snapshot_int8",
+                       "logit_error_snapshot_int8", "payload_int8",
+                       "error_snapshot_fp16", "logit_error_snapshot_fp16", "payload_fp16"},
+}
+# Byte counts (``bytes <name> = <int>`` lines), by script.
+EXPECTED_BYTES = {
+    "exchange": {f"bytes_per_exchange_{d}" for d in ("fp32", "fp16", "bf16", "int8")},
 }
 
 
 def ratios(text: str) -> dict:
     return {name: float(value) for name, value in RATIO.findall(text)}
+
+
+def byte_counts(text: str) -> dict:
+    return {name: int(value) for name, value in BYTES.findall(text)}
 
 
 def test_ratio_lines_parse():
@@ -38,6 +50,32 @@ def test_quick_run_prints_positive_ratios(script, tmp_path):
     assert EXPECTED[script] <= set(found), proc.stdout
     for name, value in found.items():
         assert math.isfinite(value) and value > 0, f"{name} = {value}\n{proc.stdout}"
+    assert EXPECTED_BYTES.get(script, set()) <= set(byte_counts(proc.stdout)), proc.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+def test_exchange_against_s3(s3_url, tmp_path):
+    """--dir s3://...: fractions of the store's plain put/get, bytes per exchange, the
+    stall with a PeerExchange in the store; all it wrote is deleted. A 5M-parameter
+    model, one round, two dtypes: ~30 s."""
+    import s3fs
+
+    proc = run([sys.executable, REPO / "benchmarks" / "exchange.py", "--dir", s3_url,
+                "--params", "5e6", "--reps", "1", "--dtypes", "fp16", "int8"],
+               timeout=110, cwd=tmp_path, env=cpu_env())  # os.environ: the server's AWS_* too
+    found = ratios(proc.stdout)
+    assert {"write_fraction_fp16", "read_fraction_fp16", "stall_swap_fp16",
+            "write_fraction_int8", "read_fraction_int8", "stall_swap_int8"} <= set(found), proc.stdout
+    for name, value in found.items():
+        assert math.isfinite(value) and value > 0, f"{name} = {value}\n{proc.stdout}"
+    assert "plain put MB/s" in proc.stdout and "posix_fadvise" not in proc.stdout, proc.stdout
+    sizes = byte_counts(proc.stdout)
+    # int8: 1 byte per weight-matrix entry (+ an fp16 scale per row), biases and norms in
+    # fp16 as an fp16 snapshot has them: about half of fp16's 2 bytes per entry
+    assert 0 < sizes["bytes_per_exchange_int8"] < 0.6 * sizes["bytes_per_exchange_fp16"], sizes
+    bucket = s3_url[len("s3://"):].split("/")[0]
+    assert s3fs.S3FileSystem().ls(bucket, refresh=True) == [], "the benchmark left objects behind"
 
 
 @pytest.mark.e2e

@@ -70,10 +70,13 @@ def test_two_models_via_the_launcher(data_bin, tmp_path):
     first = [json_logs(log_of(tmp_path, i))[0] for i in (0, 1)]
     assert "model 1 trains with --seed 2" in log_of(tmp_path, 1)
     assert first[0]["num_updates"] == first[1]["num_updates"] and first[0]["loss"] != first[1]["loss"]
-    # the exchange directory holds the newest two snapshots of each model, nothing else
+    # the exchange directory holds the newest two snapshots of each model and its lease,
+    # marked finished by the job's normal end
     for i in (0, 1):
         assert sorted(os.listdir(tmp_path / "x" / f"model{i}")) == [
-            "snapshot-0000000020.cds", "snapshot-0000000025.cds"]
+            "lease.json", "snapshot-0000000020.cds", "snapshot-0000000025.cds"]
+        lease = json.loads((tmp_path / "x" / f"model{i}" / "lease.json").read_text())
+        assert lease["finished"] and lease["num_models"] == 2 and lease["num_updates"] == 25
 
 
 def test_three_models_all_to_all_and_ring(data_bin, tmp_path):

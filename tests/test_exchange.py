@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from fairseq_codistill import exchange as ex
+from fairseq_codistill import snapshot as snapfile
+from fairseq_codistill import storage
 
 
 def tiny_state(seed=0):
@@ -23,9 +25,9 @@ def tiny_state(seed=0):
                                                 ("bf16", torch.bfloat16)])
 def test_snapshot_round_trip_in_every_dtype(tmp_path, dtype, torch_dtype):
     state = tiny_state()
-    path = ex.write_snapshot(tmp_path, 1, 500, ex.cast_state_dict(state, dtype), meta={"arch": "x"}, dtype=dtype)
+    path = tmp_path / snapfile.write_snapshot(tmp_path, 1, 500, snapfile.cast_state_dict(state, dtype), meta={"arch": "x"}, dtype=dtype)
     assert path == tmp_path / "model1" / "snapshot-0000000500.cds"
-    snap = ex.read_snapshot(path)
+    snap = snapfile.read_snapshot(path)
     assert (snap.model_id, snap.num_updates, snap.dtype, snap.meta) == (1, 500, dtype, {"arch": "x"})
     assert snap.state_dict["w"].dtype == torch_dtype
     assert torch.equal(snap.state_dict["w"], state["w"].to(torch_dtype))
@@ -35,8 +37,8 @@ def test_snapshot_round_trip_in_every_dtype(tmp_path, dtype, torch_dtype):
 
 def test_fp16_snapshot_is_about_half_the_fp32_bytes(tmp_path):
     state = {"w": torch.randn(256, 256)}
-    full = ex.write_snapshot(tmp_path, 0, 1, ex.cast_state_dict(state, "fp32"), dtype="fp32").stat().st_size
-    half = ex.write_snapshot(tmp_path, 1, 1, ex.cast_state_dict(state, "fp16"), dtype="fp16").stat().st_size
+    full = (tmp_path / snapfile.write_snapshot(tmp_path, 0, 1, snapfile.cast_state_dict(state, "fp32"), dtype="fp32")).stat().st_size
+    half = (tmp_path / snapfile.write_snapshot(tmp_path, 1, 1, snapfile.cast_state_dict(state, "fp16"), dtype="fp16")).stat().st_size
     # 65536 params: 262144 bytes in fp32, 131072 in fp16, plus the same small overhead
     assert 0.49 < half / full < 0.52
 
@@ -49,15 +51,15 @@ def test_torch_zip_crcs_are_off_for_a_snapshot_only(tmp_path):
     for before in (True, False):
         torch.serialization.set_crc32_options(before)
         try:
-            path = ex.write_snapshot(tmp_path, 0, 1, ex.cast_state_dict(tiny_state(), "fp32"), dtype="fp32")
+            path = tmp_path / snapfile.write_snapshot(tmp_path, 0, 1, snapfile.cast_state_dict(tiny_state(), "fp32"), dtype="fp32")
             assert torch.serialization.get_crc32_options() is before  # the switch is restored
             with pytest.raises(TypeError):  # a save that fails before its first byte
-                ex.write_snapshot(tmp_path, 0, 2, {"w": threading.Lock()}, dtype="fp32")
+                snapfile.write_snapshot(tmp_path, 0, 2, {"w": threading.Lock()}, dtype="fp32")
             assert torch.serialization.get_crc32_options() is before
         finally:
             torch.serialization.set_crc32_options(True)
         assert zip_crcs(path) == {0}
-        assert torch.equal(ex.read_snapshot(path).state_dict["w"], tiny_state()["w"])
+        assert torch.equal(snapfile.read_snapshot(path).state_dict["w"], tiny_state()["w"])
     # a checkpoint saved afterwards keeps its zip CRCs
     torch.save(tiny_state(), tmp_path / "checkpoint.pt")
     assert zipfile.ZipFile(tmp_path / "checkpoint.pt").testzip() is None
@@ -66,9 +68,9 @@ def test_torch_zip_crcs_are_off_for_a_snapshot_only(tmp_path):
 
 def test_pruning_keeps_the_newest_two_and_temp_files_are_never_listed(tmp_path):
     for u in (10, 20, 30, 40):
-        ex.write_snapshot(tmp_path, 0, u, ex.cast_state_dict(tiny_state(u), "fp32"), dtype="fp32")
+        snapfile.write_snapshot(tmp_path, 0, u, snapfile.cast_state_dict(tiny_state(u), "fp32"), dtype="fp32")
     (tmp_path / "model0" / ".tmp-abandoned").write_bytes(b"half a snapshot")
-    assert [s.num_updates for s in ex.list_snapshots(tmp_path, 0)] == [40, 30]
+    assert [s.num_updates for s in snapfile.list_snapshots(tmp_path, 0)] == [40, 30]
     assert sorted(os.listdir(tmp_path / "model0")) == [
         ".tmp-abandoned", "snapshot-0000000030.cds", "snapshot-0000000040.cds"]
 
@@ -79,13 +81,13 @@ def test_a_failed_write_leaves_no_file_behind(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        ex.atomic_write(tmp_path / "x.cds", explode)
+        storage.atomic_write(tmp_path / "x.cds", explode)
     assert os.listdir(tmp_path) == []
 
 
 @pytest.fixture
 def good_bytes(tmp_path):
-    path = ex.write_snapshot(tmp_path, 0, 5, ex.cast_state_dict(tiny_state(), "fp16"))
+    path = tmp_path / snapfile.write_snapshot(tmp_path, 0, 5, snapfile.cast_state_dict(tiny_state(), "fp16"))
     return path.read_bytes()
 
 
@@ -101,19 +103,19 @@ def good_bytes(tmp_path):
 def test_damaged_snapshots_raise_snapshot_error(tmp_path, good_bytes, damage, message):
     path = tmp_path / "bad.cds"
     path.write_bytes(damage(good_bytes))
-    with pytest.raises(ex.SnapshotError, match=message):
-        ex.read_snapshot(path)
+    with pytest.raises(snapfile.SnapshotError, match=message):
+        snapfile.read_snapshot(path)
 
 
 def test_a_future_format_version_is_rejected_clearly(tmp_path, good_bytes):
-    header_len, _, _ = ex._TRAILER.unpack(good_bytes[-ex._TRAILER.size:])
-    end = len(good_bytes) - ex._TRAILER.size
+    header_len, _, _ = snapfile._TRAILER.unpack(good_bytes[-snapfile._TRAILER.size:])
+    end = len(good_bytes) - snapfile._TRAILER.size
     header = json.loads(good_bytes[end - header_len:end])
     header["format_version"] = 99
     new = json.dumps(header).encode()
-    data = good_bytes[:end - header_len] + new + ex._TRAILER.pack(len(new), zlib.crc32(new), ex.MAGIC)
-    with pytest.raises(ex.SnapshotError, match="format 99"):
-        ex.parse_snapshot(data)
+    data = good_bytes[:end - header_len] + new + snapfile._TRAILER.pack(len(new), zlib.crc32(new), snapfile.MAGIC)
+    with pytest.raises(snapfile.SnapshotError, match="format 99"):
+        snapfile.parse_snapshot(data)
 
 
 def test_peer_ids_for_each_topology():
@@ -135,7 +137,7 @@ def exchange_config(root, model_id=0, num_models=2, **kw):
     ({"model_id": -1}, "--codistill-id"),
     ({"interval": 0}, "--codistill-interval"),
     ({"topology": "star"}, "--codistill-topology"),
-    ({"dtype": "int8"}, "--codistill-snapshot-dtype"),
+    ({"dtype": "int4"}, "--codistill-snapshot-dtype"),
     ({"peer_dtype": "fp8"}, "--codistill-peer-dtype"),
     ({"max_staleness": -1}, "--codistill-max-staleness"),
     ({"wait_for_peers": -2.0}, "--codistill-wait-for-peers"),
@@ -169,7 +171,7 @@ def make_exchange(root, model_id, num_models=2, **kw):
     return ex.PeerExchange(cfg, build_peer=lambda meta: torch.nn.Linear(3, meta["out"]),
                            meta={"out": 2},
                            check_peer=lambda meta: None if meta["out"] == 2 else (_ for _ in ()).throw(
-                               ex.SnapshotError(f"peer has {meta['out']} outputs, expected 2")))
+                               snapfile.SnapshotError(f"peer has {meta['out']} outputs, expected 2")))
 
 
 def settle(exchange, num_updates, model):
@@ -207,7 +209,7 @@ def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
         assert peers[0].weight.dtype == torch.float32
         assert torch.allclose(peers[0].weight, m1.weight, atol=1e-3)
         assert x0.staleness() == 1  # our update 6, the snapshot's 5
-        assert x0.bytes_read == ex.list_snapshots(tmp_path, 1)[0].path.stat().st_size
+        assert x0.bytes_read == (tmp_path / snapfile.list_snapshots(tmp_path, 1)[0].key).stat().st_size
 
 
 def test_peers_stay_out_of_autograd_under_inference_mode(tmp_path):
@@ -273,7 +275,7 @@ def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, c
         assert x0.active_peers() == []
         assert len([r for r in caplog.records if "skipping peer snapshot" in r.message]) == 1
         # a snapshot from a model with another output size: rejected by check_peer
-        ex.write_snapshot(tmp_path, 1, 15, ex.cast_state_dict(torch.nn.Linear(3, 4).state_dict(), "fp16"),
+        snapfile.write_snapshot(tmp_path, 1, 15, snapfile.cast_state_dict(torch.nn.Linear(3, 4).state_dict(), "fp16"),
                           meta={"out": 4})
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
@@ -281,7 +283,7 @@ def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, c
         assert x0.active_peers() == []
         assert any("4 outputs, expected 2" in r.message for r in caplog.records)
         # then a good one is taken
-        ex.write_snapshot(tmp_path, 1, 20, ex.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
+        snapfile.write_snapshot(tmp_path, 1, 20, snapfile.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
                           meta={"out": 2})
         settle(x0, 20, m0)
         assert len(x0.active_peers()) == 1
@@ -296,9 +298,11 @@ def test_state_dict_round_trip(tmp_path):
         state = x0.state_dict()
         assert state["peer_versions"] == {"1": 5} and state["last_published"] == 10
         assert state["num_loads"] == 1 and state["bytes_read"] > 0
+        x0.close()  # a restart: the running job's lease would refuse a second model 0
         fresh = make_exchange(tmp_path, 0)
         fresh.load_state_dict(state)
         assert (fresh.last_published, fresh.num_loads, fresh.bytes_read) == (10, 1, state["bytes_read"])
+        assert fresh.peer_versions() == {1: 5}  # what it had, until it reads model 1 again
         fresh.close()
 
 
@@ -353,7 +357,7 @@ def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
     shared = torch.nn.Parameter(torch.randn(64, 32))
     state = {"encoder.embed": shared, "decoder.embed": shared, "decoder.out": shared,
              "bias": torch.nn.Parameter(torch.zeros(32))}
-    snap_state = ex.cast_state_dict(state, "fp32")
+    snap_state = snapfile.cast_state_dict(state, "fp32")
     # fp32 on the CPU: still a copy, or the writer would save weights being updated
     assert snap_state["encoder.embed"].data_ptr() != shared.data_ptr()
     with torch.no_grad():
@@ -361,15 +365,15 @@ def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
     assert not torch.equal(snap_state["encoder.embed"], shared)
     # the three tied names share one copy, and the file stores it once
     assert snap_state["decoder.out"] is snap_state["encoder.embed"]
-    path = ex.write_snapshot(tmp_path, 0, 1, snap_state, dtype="fp32")
+    path = tmp_path / snapfile.write_snapshot(tmp_path, 0, 1, snap_state, dtype="fp32")
     assert path.stat().st_size < 64 * 32 * 4 * 1.5  # one 8 KB matrix, not three
-    back = ex.read_snapshot(path).state_dict
+    back = snapfile.read_snapshot(path).state_dict
     assert torch.allclose(back["decoder.embed"], shared.detach() - 1.0, atol=1e-6)
 
 
 def test_a_peer_that_cannot_be_built_is_skipped_and_training_goes_on(tmp_path, caplog):
     # the snapshot is sound, but this install cannot build its architecture
-    ex.write_snapshot(tmp_path, 1, 5, ex.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
+    snapfile.write_snapshot(tmp_path, 1, 5, snapfile.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
                       meta={"out": 2})
     cfg = exchange_config(tmp_path)
 

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from conftest import PLUGIN, TINY_ARCH, TINY_TRAIN, cpu_env, json_logs, record_figure, run, tool
 from fairseq_codistill import exchange as ex
+from fairseq_codistill import snapshot as snapfile
+from fairseq_codistill import storage
 from fairseq_codistill.checkpoints import is_complete, load_checkpoint_state
 
 pytestmark = pytest.mark.reliability
@@ -171,7 +173,7 @@ def _writer(root, seconds, out):
         count += 1
         # every value equals the update number: a reader can check content against header
         state = {"w": torch.full((128, 128), float(count)), "b": torch.full((64,), float(count))}
-        ex.write_snapshot(root, 0, count, state, dtype="fp32")
+        snapfile.write_snapshot(root, 0, count, state, dtype="fp32")
     out.put(("writer", count))
 
 
@@ -179,13 +181,13 @@ def _reader(root, seconds, out):
     stats = {"attempted": 0, "ok": 0, "vanished": 0, "torn": 0, "mismatched": 0}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        snaps = ex.list_snapshots(root, 0)
+        snaps = snapfile.list_snapshots(root, 0)
         if not snaps:
             continue
         stats["attempted"] += 1
         try:
-            snap = ex.read_snapshot(snaps[0].path)
-        except ex.SnapshotError as e:
+            snap = snapfile.read_snapshot(root, snaps[0].key)
+        except snapfile.SnapshotError as e:
             stats["vanished" if isinstance(e.__cause__, FileNotFoundError) else "torn"] += 1
             continue
         values = {float(t.unique().item()) for t in snap.state_dict.values()}
@@ -216,7 +218,7 @@ def test_write_read_race(tmp_path):
                   f"mismatched {total['mismatched']}, files leaked {len(leaked)}")
     assert published > 20 and total["ok"] > 20
     assert total["torn"] == 0 and total["mismatched"] == 0
-    assert leaked == [] and len(os.listdir(tmp_path / "model0")) == ex.KEEP
+    assert leaked == [] and len(os.listdir(tmp_path / "model0")) == snapfile.KEEP
 
 
 # -- 3. storage faults ---------------------------------------------------------------------
@@ -264,7 +266,7 @@ def test_full_exchange_dir_mid_run_warns_and_training_goes_on(data_bin, tmp_path
     out = proc.stdout + proc.stderr
     failures = out.count("could not publish snapshot")
     assert failures >= 3 and "No space left on device" in out
-    assert [s.num_updates for s in ex.list_snapshots(xdir, 0)] == [2]  # the one that fitted
+    assert [s.num_updates for s in snapfile.list_snapshots(xdir, 0)] == [2]  # the one that fitted
     assert not [n for n in os.listdir(xdir / "model0") if n.startswith(".tmp-")]  # cleaned up
     assert json_logs(out, "train")[-1]["num_updates"] == 12
     state = load_checkpoint_state(tmp_path / "save" / "checkpoint_last.pt", keys=["model"])
@@ -304,21 +306,21 @@ def test_a_failed_read_mid_run_keeps_the_previous_peer(tmp_path, caplog):
 def real_snapshot(tmp_path_factory):
     root = tmp_path_factory.mktemp("snap")
     torch.manual_seed(0)
-    state = ex.cast_state_dict(torch.nn.Linear(16, 8).state_dict(), "fp16")
-    return ex.write_snapshot(root, 1, 5, state, meta={"out": 2}).read_bytes()
+    state = snapfile.cast_state_dict(torch.nn.Linear(16, 8).state_dict(), "fp16")
+    return (root / snapfile.write_snapshot(root, 1, 5, state, meta={"out": 2})).read_bytes()
 
 
 def test_each_kind_of_garbage_is_skipped_with_one_warning(tmp_path, real_snapshot, caplog):
     from test_exchange import make_exchange, settle
 
-    header_len, _, _ = ex._TRAILER.unpack(real_snapshot[-ex._TRAILER.size:])
-    end = len(real_snapshot) - ex._TRAILER.size
+    header_len, _, _ = snapfile._TRAILER.unpack(real_snapshot[-snapfile._TRAILER.size:])
+    end = len(real_snapshot) - snapfile._TRAILER.size
     header = json.loads(real_snapshot[end - header_len:end])
     future = json.dumps({**header, "format_version": 2}).encode()
     other_vocab = json.dumps({**header, "meta": {"out": 4}}).encode()
 
     def with_header(new):
-        return real_snapshot[:end - header_len] + new + ex._TRAILER.pack(len(new), zlib.crc32(new), ex.MAGIC)
+        return real_snapshot[:end - header_len] + new + snapfile._TRAILER.pack(len(new), zlib.crc32(new), snapfile.MAGIC)
 
     garbage = {
         "truncated": (real_snapshot[: len(real_snapshot) // 3], "no end marker"),
@@ -350,8 +352,8 @@ def test_each_kind_of_garbage_is_skipped_with_one_warning(tmp_path, real_snapsho
 @given(data=st.binary(max_size=4096))
 def test_fuzz_random_bytes_never_escape_the_reader(data):
     try:
-        snap = ex.parse_snapshot(data)
-    except ex.SnapshotError:
+        snap = snapfile.parse_snapshot(data)
+    except snapfile.SnapshotError:
         return
     pytest.fail(f"random bytes parsed as a snapshot: {snap}")
 
@@ -366,8 +368,8 @@ def test_fuzz_damaged_real_snapshots_are_rejected_whole(real_snapshot, cut, flip
         i = flip % len(real_snapshot)
         data = real_snapshot[:i] + bytes([real_snapshot[i] ^ (1 << bit)]) + real_snapshot[i + 1:]
     # CRC-32 catches every single-bit error, in the payload and (via the trailer) the header
-    with pytest.raises(ex.SnapshotError):
-        ex.parse_snapshot(data)
+    with pytest.raises(snapfile.SnapshotError):
+        snapfile.parse_snapshot(data)
 
 
 # -- 5. bad command lines ------------------------------------------------------------------
@@ -391,7 +393,7 @@ BAD_COMMAND_LINES = [
     (["--codistill-id", "2", "--codistill-num-models", "2"], "--codistill-id"),
     (["--codistill-num-models", "1"], "--codistill-num-models"),
     (["--codistill-topology", "star"], "--codistill-topology"),
-    (["--codistill-snapshot-dtype", "int8"], "--codistill-snapshot-dtype"),
+    (["--codistill-snapshot-dtype", "int4"], "--codistill-snapshot-dtype"),
     (["--codistill-max-staleness", "-1"], "--codistill-max-staleness"),
     (["--codistill-wait-for-peers", "-3"], "--codistill-wait-for-peers"),
     (["--codistill-max-lead", "-1"], "--codistill-max-lead"),

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import cpu_env, run, tool
-from fairseq_codistill.exchange import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
+from fairseq_codistill.snapshot import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
 from fairseq_codistill.vision.codistill import Codistillation, model_meta
 from fairseq_codistill.vision.models import build_model
 from fairseq_codistill.vision.options import parse_args
@@ -269,5 +269,5 @@ def test_compile_trains_the_compiled_model_and_publishes_the_plain_one(tmp_path,
     assert len(compiled) == 1
     (published,) = list_snapshots(x, 0)  # at update 8 of 16
     checkpoint = torch.load(tmp_path / "m0" / "checkpoint_last.pt", weights_only=True)
-    for names in (read_snapshot(published.path).state_dict, checkpoint["model"]):
+    for names in (read_snapshot(x, published.key).state_dict, checkpoint["model"]):
         assert "stem.0.weight" in names and not any("_orig_mod" in n for n in names)

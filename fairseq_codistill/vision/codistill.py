@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from fairseq_codistill.exchange import PeerExchange, SnapshotError
+from fairseq_codistill.exchange import PeerExchange
+from fairseq_codistill.snapshot import SnapshotError
 from fairseq_codistill.loss import codistill_penalty
 from fairseq_codistill.vision.models import arch_error, build_model
 from fairseq_codistill.options import alpha_schedule, exchange_config

@@ -1,0 +1,206 @@
+"""Membership: each model keeps a lease in the store, so mistakes show at start-up.
+
+``model{i}/lease.json`` says who trains as model i: host, pid, SLURM job, start time,
+``--codistill-num-models``, ``--codistill-topology``, and a heartbeat that the owner
+renews every ``HEARTBEAT`` seconds and at every exchange. A lease is live while its
+heartbeat is younger than its ``ttl``; a job that crashed stops renewing it, so its
+lease lapses and a restart is not blocked (at once on the same host, where the dead
+pid shows, or in the same SLURM job, as after a requeue; after ``ttl`` elsewhere). A job that ends normally marks its lease
+finished: a restart may take it at once and peers do not warn about it.
+
+At start-up (``acquire``) a job fails, naming the flag, when
+- a live lease holds its ``--codistill-id`` (two jobs started as the same model would
+  overwrite each other's snapshots and both train without a peer), or
+- a live model disagrees on ``--codistill-num-models`` or ``--codistill-topology``.
+
+Clocks: liveness compares the reader's clock with the owner's heartbeat, so hosts'
+clocks must agree to well within ``ttl`` (NTP keeps them within a second).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, Optional
+
+from fairseq_codistill.storage import Store
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT = 30.0  # seconds between renewals
+TTL = 120.0  # a lease not renewed for this long is stale: four missed heartbeats
+_MODEL_DIR = re.compile(r"^model(\d+)$")
+
+
+def lease_key(model_id: int) -> str:
+    return f"model{model_id}/lease.json"
+
+
+@dataclass(frozen=True)
+class Lease:
+    model_id: int
+    host: str
+    pid: int
+    job: str  # the scheduler's job id (SLURM_JOB_ID), or ""
+    token: str  # unique per job start: tells our lease from a usurper's
+    started: float
+    heartbeat: float
+    num_models: int
+    topology: str
+    num_updates: int = 0
+    ttl: float = TTL
+    finished: bool = False
+
+    def age(self, now: Optional[float] = None) -> float:
+        return (time.time() if now is None else now) - self.heartbeat
+
+    def live(self, now: Optional[float] = None) -> bool:
+        """Held by a job that is running, as far as the store can tell."""
+        if self.finished or self.age(now) > self.ttl:
+            return False
+        if self.host == socket.gethostname() and not _pid_alive(self.pid):
+            return False  # crashed on this host: no need to wait for the ttl
+        return True
+
+    def who(self) -> str:
+        job = f", job {self.job}" if self.job else ""
+        return f"pid {self.pid} on {self.host}{job}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def read_lease(store: Store, model_id: int) -> Optional[Lease]:
+    """Model ``model_id``'s lease; None if it has none or it is unreadable."""
+    try:
+        data = json.loads(store.read_bytes(lease_key(model_id)))
+        return Lease(**data)
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError) as e:  # torn by a foreign writer, or another version
+        logger.warning("codistill: ignoring the unreadable lease of model %d: %s", model_id, e)
+        return None
+
+
+def read_leases(store: Store) -> Dict[int, Lease]:
+    """Every model's lease in the store."""
+    out = {}
+    for name in store.list(""):
+        m = _MODEL_DIR.match(name.rstrip("/"))
+        if m:
+            lease = read_lease(store, int(m.group(1)))
+            if lease is not None:
+                out[lease.model_id] = lease
+    return out
+
+
+def _write(store: Store, lease: Lease, create_only: bool = False) -> None:
+    store.write_bytes(lease_key(lease.model_id), json.dumps(asdict(lease)).encode(),
+                      create_only=create_only)
+
+
+class LeaseHolder:
+    """This job's lease: taken by ``acquire``, renewed by a daemon thread and by
+    ``renew`` at each exchange, marked finished by ``release``."""
+
+    def __init__(self, store: Store, lease: Lease, heartbeat: float = HEARTBEAT):
+        self.store, self.lease = store, lease
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._failing = False
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat,),
+                                        name="codistill-lease", daemon=True)
+        self._thread.start()
+
+    def renew(self, num_updates: Optional[int] = None, finished: bool = False) -> None:
+        """Write a fresh heartbeat; a store that is down costs one warning per outage."""
+        with self._lock:
+            changes = {"heartbeat": time.time(), "finished": finished}
+            if num_updates is not None:
+                changes["num_updates"] = num_updates
+            self.lease = replace(self.lease, **changes)
+            try:
+                current = read_lease(self.store, self.lease.model_id)
+                if current is not None and current.token != self.lease.token and current.live():
+                    logger.error("codistill: model %d's lease was taken by %s: two jobs are "
+                                 "training as --codistill-id %d", self.lease.model_id,
+                                 current.who(), self.lease.model_id)
+                _write(self.store, self.lease)
+                if self._failing:
+                    logger.info("codistill: lease renewed again in %s", self.store.url)
+                self._failing = False
+            except Exception as e:  # storage trouble must not stop training
+                if not self._failing:
+                    logger.warning("codistill: could not renew the lease in %s: %s",
+                                   self.store.url, e)
+                self._failing = True
+
+    def _beat(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self.renew()
+
+    def release(self) -> None:
+        """Stop renewing; mark the lease finished (a normal end)."""
+        self._stop.set()
+        self.renew(finished=True)
+
+
+def acquire(store: Store, model_id: int, num_models: int, topology: str,
+            heartbeat: float = HEARTBEAT, ttl: float = TTL, retry: bool = True) -> LeaseHolder:
+    """Check membership against the live leases in ``store`` and take model
+    ``model_id``'s lease; ``ValueError`` naming the flag on a conflict."""
+    now, job = time.time(), os.environ.get("SLURM_JOB_ID", "")
+    leases = read_leases(store)
+    own = leases.pop(model_id, None)
+    requeued = own is not None and bool(job) and own.job == job  # the same SLURM job, again
+    if own is not None and own.live(now) and not requeued:
+        raise ValueError(
+            f"--codistill-id {model_id}: model {model_id} is already training with "
+            f"--codistill-dir {store.url}: its lease was renewed {own.age(now):.0f}s ago by "
+            f"{own.who()}. Give this job another --codistill-id; if that job is dead, its "
+            f"lease lapses {max(own.ttl - own.age(now), 0):.0f}s from now (or delete "
+            f"{store.url}/{lease_key(model_id)})")
+    for j, other in sorted(leases.items()):
+        if not other.live(now):
+            continue
+        for flag, ours, theirs in (("--codistill-num-models", num_models, other.num_models),
+                                   ("--codistill-topology", topology, other.topology)):
+            if ours != theirs:
+                raise ValueError(
+                    f"{flag} {ours} disagrees with model {j} ({other.who()}), which trains "
+                    f"with {flag} {theirs} in --codistill-dir {store.url}: every model of one "
+                    "codistillation must use the same value")
+        if j >= num_models:
+            raise ValueError(
+                f"--codistill-num-models {num_models}: model {j} ({other.who()}) is training "
+                f"in --codistill-dir {store.url}, so there are more than {num_models} models")
+    lease = Lease(model_id=model_id, host=socket.gethostname(), pid=os.getpid(),
+                  job=job, token=uuid.uuid4().hex,
+                  started=now, heartbeat=now, num_models=num_models, topology=topology,
+                  ttl=ttl)
+    try:
+        # Create-only when there is no lease: of two jobs started at once, one fails here.
+        _write(store, lease, create_only=own is None)
+    except FileExistsError:
+        if not retry:  # there, but unreadable twice: not ours to overwrite
+            raise ValueError(f"--codistill-id {model_id}: {store.url}/{lease_key(model_id)} "
+                             "exists but cannot be read; delete it if no job trains as model "
+                             f"{model_id}") from None
+        return acquire(store, model_id, num_models, topology, heartbeat, ttl, retry=False)
+    if own is not None:
+        logger.info("codistill: took over model %d's lease from %s (%s)", model_id, own.who(),
+                    "finished" if own.finished else f"stale for {own.age(now):.0f}s")
+    return LeaseHolder(store, lease, heartbeat)

@@ -1,0 +1,301 @@
+"""The snapshot format: one model's weights at one update, as one file or object.
+
+Layout of a store (a directory or an object-store prefix, ``fairseq_codistill.storage``)::
+
+    model{i}/snapshot-{update:010d}.cds   one complete snapshot of model i
+    model{i}/lease.json                    model i's lease (``fairseq_codistill.lease``)
+
+A snapshot is ``payload | header | u32 header length | u32 header CRC | MAGIC``: the
+payload is ``torch.save(state_dict)`` (tensors only, so ``torch.load(weights_only=True)``
+reads it), the header is JSON with the format version, model id, update number, dtype,
+payload length, CRC-32 of the payload and the metadata needed to rebuild the model; the
+trailer holds the header's own CRC-32, so a damaged byte anywhere is caught. The header
+sits at the end so the writer streams the payload and its CRC in one pass.
+
+dtypes: fp32, fp16, bf16 cast every floating tensor; int8 quantises weight matrices per
+output channel (``fairseq_codistill.quantize``), about a quarter of fp32's bytes.
+
+Writers keep their newest ``KEEP`` versions; a reader picks the newest and, since a
+version is pruned only after ``KEEP`` newer ones exist, has ``KEEP - 1`` intervals to
+read it. One that vanished before it was read is simply retried at the next interval.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import struct
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from fairseq_codistill.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.storage import READ_BLOCK, as_store
+
+FORMAT_VERSION = 1
+MAGIC = b"CODISTL\x01"
+KEEP = 2
+# What a floating tensor is stored as; int8 quantises copies kept in fp32 until written.
+SNAPSHOT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+                   "int8": torch.float32}
+_TRAILER = struct.Struct("<II8s")  # header length, header CRC-32, MAGIC
+_NAME = re.compile(r"^snapshot-(\d{10})\.cds$")
+# A header is a few KB; anything claiming more is garbage, not a snapshot.
+_MAX_HEADER_BYTES = 1 << 20
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be used: torn, corrupt, foreign or from the future."""
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot found by listing, before it is read."""
+
+    model_id: int
+    num_updates: int
+    key: str  # in its store
+
+
+@dataclass
+class Snapshot:
+    """A snapshot read and verified in full."""
+
+    model_id: int
+    num_updates: int
+    dtype: str
+    meta: dict
+    state_dict: Dict[str, torch.Tensor]
+    nbytes: int
+
+
+def model_prefix(model_id: int) -> str:
+    return f"model{model_id}"
+
+
+def snapshot_key(model_id: int, num_updates: int) -> str:
+    return f"{model_prefix(model_id)}/snapshot-{num_updates:010d}.cds"
+
+
+def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str) -> Dict[str, torch.Tensor]:
+    """CPU copies of the tensors, floating-point ones cast to the snapshot dtype (fp32
+    for int8, which ``write_snapshot`` quantises off the training thread).
+
+    Always copies (``.to`` of a CPU fp32 tensor to fp32 would return the live parameter,
+    which the background writer would then save while the optimizer changes it), and
+    copies tied weights once: they stay one tensor, so torch.save stores them once.
+    """
+    target = SNAPSHOT_DTYPES[dtype]
+    out, copies = {}, {}
+    for name, t in state_dict.items():
+        t = t.detach()
+        key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+        if key not in copies:
+            copies[key] = t.to(device="cpu", dtype=target if t.is_floating_point() else t.dtype,
+                               copy=True).contiguous()
+        out[name] = copies[key]
+    return out
+
+
+class _CRCWriter(io.RawIOBase):
+    """A write-only file wrapper that keeps the CRC-32 and length of what went through.
+
+    ``on_first_write`` runs before the first byte goes through: by then torch.save has
+    opened its zip writer (see ``_save_without_zip_crc``).
+    """
+
+    CHUNK = 1 << 20  # torch.save hands over whole tensors; one huge write() can stall a disk
+
+    def __init__(self, f, on_first_write: Optional[Callable[[], None]] = None):
+        self.f, self.crc, self.nbytes = f, 0, 0
+        self.on_first_write = on_first_write
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if self.on_first_write is not None:
+            self.on_first_write, first = None, self.on_first_write
+            first()
+        view = memoryview(b).cast("B")
+        for start in range(0, len(view), self.CHUNK):
+            piece = view[start:start + self.CHUNK]
+            self.crc = zlib.crc32(piece, self.crc)
+            self.f.write(piece)
+        self.nbytes += len(view)
+        return len(view)
+
+
+_ZIP_CRC_LOCK = threading.Lock()
+
+
+def _save_without_zip_crc(state_dict, f) -> _CRCWriter:
+    """``torch.save(state_dict)`` into ``f`` through a ``_CRCWriter``, without torch's zip CRCs.
+
+    torch.save computes a CRC-32 of every zip record, a second pass over hundreds of MB
+    (0.04 s per 80 MB on the development machine, 40% of writing them to disk) that
+    nothing reads back: torch.load does not verify it (a flipped byte loads silently with or
+    without it). Our CRC-32 covers the same bytes and is checked. The switch is
+    process-wide, but torch reads it once, when a save opens its zip writer, so it is off
+    only from here to our first byte: a save started by another thread in that window
+    would still load, just without zip CRCs.
+    """
+    if not hasattr(torch.serialization, "set_crc32_options"):  # an older torch: no switch
+        crc_f = _CRCWriter(f)
+        torch.save(state_dict, crc_f)
+        return crc_f
+    with _ZIP_CRC_LOCK:
+        previous = torch.serialization.get_crc32_options()
+
+        def restore():
+            torch.serialization.set_crc32_options(previous)
+
+        crc_f = _CRCWriter(f, on_first_write=restore)
+        torch.serialization.set_crc32_options(False)
+        try:
+            torch.save(state_dict, crc_f)
+        finally:
+            if crc_f.on_first_write is not None:  # failed before writing anything
+                restore()
+    return crc_f
+
+
+def encode(f: BinaryIO, model_id: int, num_updates: int, state_dict: Dict[str, torch.Tensor],
+           meta: Optional[dict], dtype: str) -> None:
+    """Write one snapshot into ``f``."""
+    payload = quantize_int8(state_dict) if dtype == "int8" else state_dict
+    crc_f = _save_without_zip_crc(payload, f)
+    header = json.dumps({
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "num_updates": num_updates,
+        "dtype": dtype,
+        "payload_bytes": crc_f.nbytes,
+        "crc32": crc_f.crc,
+        "created": time.time(),
+        "meta": meta or {},
+    }, default=str).encode()
+    f.write(header)
+    f.write(_TRAILER.pack(len(header), zlib.crc32(header), MAGIC))
+
+
+def write_snapshot(store, model_id: int, num_updates: int, state_dict: Dict[str, torch.Tensor],
+                   meta: Optional[dict] = None, dtype: str = "fp16", keep: int = KEEP,
+                   create_only: bool = False) -> str:
+    """Publish ``state_dict`` (already on the CPU, see ``cast_state_dict``) into ``store``
+    (a ``Store``, a path or a URL), prune the older ones; returns its key.
+    ``create_only``: fail with ``FileExistsError`` rather than replace a snapshot of the
+    same update (another job writing as this model)."""
+    if dtype not in SNAPSHOT_DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(SNAPSHOT_DTYPES)} (got {dtype!r})")
+    store = as_store(store)
+    key = snapshot_key(model_id, num_updates)
+    store.write(key, lambda f: encode(f, model_id, num_updates, state_dict, meta, dtype),
+                create_only=create_only)
+    prune(store, model_id, keep)
+    return key
+
+
+def prune(store, model_id: int, keep: int = KEEP) -> None:
+    """Delete all but the newest ``keep`` snapshots of ``model_id``."""
+    store = as_store(store)
+    for info in list_snapshots(store, model_id)[keep:]:
+        store.delete(info.key)
+
+
+def list_snapshots(store, model_id: int) -> List[SnapshotInfo]:
+    """Complete snapshots of ``model_id``, newest first. Temp files never match."""
+    store = as_store(store)
+    prefix = model_prefix(model_id)
+    found = []
+    for name in store.list(prefix):
+        m = _NAME.match(name)
+        if m:
+            found.append(SnapshotInfo(model_id, int(m.group(1)), f"{prefix}/{name}"))
+    return sorted(found, key=lambda s: s.num_updates, reverse=True)
+
+
+def read_snapshot(where, key: Optional[str] = None) -> Snapshot:
+    """Read and verify a whole snapshot: ``key`` in the store ``where``, or the file
+    ``where`` itself. Any defect raises ``SnapshotError``, nothing partial."""
+    name = f"{where}/{key}" if key is not None else str(where)
+    try:
+        f = as_store(where).open(key) if key is not None else open(where, "rb")
+        with f:
+            return _read(f, name)
+    except OSError as e:
+        raise SnapshotError(f"cannot read {name}: {e}") from e
+
+
+def parse_snapshot(data: bytes, name="<bytes>") -> Snapshot:
+    """``read_snapshot`` of bytes in memory."""
+    return _read(io.BytesIO(data), name)
+
+
+def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
+    """The first ``nbytes`` of ``f`` and their CRC-32, read in chunks into one buffer
+    (from an object store each chunk is one ranged GET; nothing is held twice). Large
+    chunks: a GET has a fixed cost, and some servers read the whole object for each."""
+    buf, crc = io.BytesIO(), 0
+    f.seek(0)
+    while buf.tell() < nbytes:
+        chunk = f.read(min(READ_BLOCK, nbytes - buf.tell()))
+        if not chunk:
+            break
+        crc = zlib.crc32(chunk, crc)
+        buf.write(chunk)
+    buf.seek(0)
+    return buf, crc
+
+
+def _read(f: BinaryIO, name: str) -> Snapshot:
+    size = f.seek(0, io.SEEK_END)
+    if size < _TRAILER.size:
+        raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
+    f.seek(size - _TRAILER.size)
+    header_len, header_crc, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != MAGIC:
+        raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
+    header_end = size - _TRAILER.size
+    if header_len > min(_MAX_HEADER_BYTES, header_end):
+        raise SnapshotError(f"{name} has a bad header length ({header_len})")
+    f.seek(header_end - header_len)
+    header_bytes = f.read(header_len)
+    if zlib.crc32(header_bytes) != header_crc:
+        raise SnapshotError(f"{name} fails its header checksum")
+    try:
+        header = json.loads(header_bytes)
+        version = header["format_version"]
+        payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise SnapshotError(f"{name} has an unreadable header: {e}") from e
+    if version != FORMAT_VERSION:
+        raise SnapshotError(
+            f"{name} has snapshot format {version}; this fairseq-codistill reads format "
+            f"{FORMAT_VERSION}: run the same version in every model")
+    if payload_bytes != header_end - header_len:
+        raise SnapshotError(f"{name} is truncated or padded (payload length mismatch)")
+    payload, payload_crc = _read_payload(f, payload_bytes)
+    if payload_crc != crc:
+        raise SnapshotError(f"{name} fails its checksum")
+    try:
+        state_dict = torch.load(payload, map_location="cpu", weights_only=True)
+        if header.get("dtype") == "int8":
+            state_dict = dequantize_int8(state_dict)
+    except Exception as e:  # a valid CRC over an invalid pickle: foreign writer
+        raise SnapshotError(f"{name} does not hold a state dict: {e}") from e
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise SnapshotError(f"{name} does not hold a state dict of tensors")
+    try:
+        return Snapshot(
+            model_id=int(header["model_id"]), num_updates=int(header["num_updates"]),
+            dtype=str(header["dtype"]), meta=dict(header.get("meta") or {}),
+            state_dict=state_dict, nbytes=size,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise SnapshotError(f"{name} has an incomplete header: {e}") from e

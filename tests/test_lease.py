@@ -1,0 +1,136 @@
+"""Membership: leases refuse a second job with a live model's id, and jobs that disagree
+on the number of models or the topology; a crashed job's lease does not block a restart."""
+import json
+import re
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from fairseq_codistill import lease as leases
+from fairseq_codistill.storage import open_store
+
+from test_exchange import make_exchange
+
+
+@pytest.fixture(params=["dir", "s3"])
+def store(request, tmp_path):
+    if request.param == "dir":
+        return open_store(str(tmp_path / "x"))
+    return open_store(request.getfixturevalue("s3_url"))
+
+
+def test_a_lease_says_who_trains_as_the_model(store):
+    holder = leases.acquire(store, 0, 2, "all")
+    lease = json.loads(store.read_bytes("model0/lease.json"))
+    assert lease["model_id"] == 0 and lease["num_models"] == 2 and lease["topology"] == "all"
+    assert lease["pid"] > 0 and lease["host"] and not lease["finished"]
+    holder.release()
+    assert json.loads(store.read_bytes("model0/lease.json"))["finished"]
+
+
+def test_a_second_job_with_a_live_id_fails_naming_the_flag(store):
+    holder = leases.acquire(store, 0, 2, "all")
+    with pytest.raises(ValueError, match=r"^--codistill-id 0: model 0 is already training") as e:
+        leases.acquire(store, 0, 2, "all")
+    assert re.search(r"renewed \d+s ago by pid \d+ on ", str(e.value))
+    leases.acquire(store, 1, 2, "all").release()  # another id is welcome
+    holder.release()
+    leases.acquire(store, 0, 2, "all").release()  # a finished lease blocks nobody
+
+
+@pytest.mark.parametrize("ours, flag", [
+    ({"num_models": 3}, "--codistill-num-models"),
+    ({"topology": "ring"}, "--codistill-topology"),
+])
+def test_disagreeing_jobs_fail_naming_the_flag(store, ours, flag):
+    holder = leases.acquire(store, 0, 2, "all")
+    kw = {"num_models": 2, "topology": "all", **ours}
+    with pytest.raises(ValueError, match=f"^{flag} .* disagrees with model 0"):
+        leases.acquire(store, 1, kw["num_models"], kw["topology"])
+    holder.release()
+    leases.acquire(store, 1, kw["num_models"], kw["topology"]).release()  # model 0 finished
+
+
+def test_a_live_model_beyond_num_models_fails(store):
+    holder = leases.acquire(store, 2, 3, "all")
+    with pytest.raises(ValueError, match="--codistill-num-models"):
+        leases.acquire(store, 0, 2, "all")
+    holder.release()
+
+
+def write_lease(store, **changes):
+    now = time.time()
+    lease = leases.Lease(model_id=0, host="another-host", pid=12345, job="", token="t",
+                         started=now, heartbeat=now, num_models=2, topology="all")
+    store.write_bytes("model0/lease.json", json.dumps({**lease.__dict__, **changes}).encode())
+
+
+def test_a_stale_or_crashed_lease_does_not_block_a_restart(store, caplog):
+    write_lease(store, heartbeat=time.time() - leases.TTL - 1)  # another host, went silent
+    with caplog.at_level(logging.INFO):
+        leases.acquire(store, 0, 2, "all").release()
+    assert "took over model 0's lease from pid 12345 on another-host" in caplog.text
+    # on this host, a dead pid shows at once, however fresh its heartbeat
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout
+    write_lease(store, host=leases.socket.gethostname(), pid=int(dead))
+    leases.acquire(store, 0, 2, "all").release()
+    # a live lease on another host blocks, unless it is this SLURM job, requeued
+    write_lease(store, job="4242")
+    with pytest.raises(ValueError, match="--codistill-id 0"):
+        leases.acquire(store, 0, 2, "all")
+
+
+def test_a_requeued_slurm_job_takes_its_own_lease(store, monkeypatch):
+    write_lease(store, job="4242")
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    leases.acquire(store, 0, 2, "all").release()
+
+
+def test_the_heartbeat_is_renewed_in_the_background(store):
+    holder = leases.acquire(store, 0, 2, "all", heartbeat=0.2)
+    first = json.loads(store.read_bytes("model0/lease.json"))["heartbeat"]
+    deadline = time.monotonic() + 20
+    while json.loads(store.read_bytes("model0/lease.json"))["heartbeat"] == first:
+        assert time.monotonic() < deadline, "the heartbeat was not renewed"
+        time.sleep(0.1)
+    holder.release()
+
+
+# -- what the exchange says about missing peers ------------------------------------------
+
+
+def test_a_peer_that_never_publishes_is_warned_about_at_each_exchange(tmp_path, caplog):
+    m0 = torch.nn.Linear(3, 2)
+    x0 = make_exchange(tmp_path, 0, interval=5)
+    with caplog.at_level(logging.WARNING):
+        for u in range(0, 21):
+            x0.step(u, m0)
+        x0.close()
+    warned = [r.message for r in caplog.records if "have not published" in r.message]
+    assert len(warned) == 2  # at updates 15 and 20: 3 and 4 exchanges without model 1
+    assert "[1] have not published a snapshot after 3 exchanges (update 15)" in warned[0]
+    assert "model 0 trained without any peer" in caplog.records[-1].message
+
+
+def test_a_peer_whose_lease_went_stale_is_warned_about(tmp_path, caplog):
+    from test_exchange import exchanged_pair, settle
+
+    with exchanged_pair(tmp_path) as (x0, x1, m0, m1):
+        # model 1's job dies without a word: its lease stops being renewed
+        x1.lease._stop.set()
+        lease = json.loads((tmp_path / "model1" / "lease.json").read_text())
+        lease.update(heartbeat=time.time() - leases.TTL - 5, host="another-host")
+        (tmp_path / "model1" / "lease.json").write_text(json.dumps(lease))
+        with caplog.at_level(logging.WARNING):
+            settle(x0, 10, m0)
+            x0._reader.submit(lambda: None).result()  # the lease check ran
+        x1.lease = None  # a dead job marks nothing finished
+    stale = [r.message for r in caplog.records if "lease is stale" in r.message]
+    assert stale and "model 1's lease is stale" in stale[0] and "snapshot from update 5" in stale[0]
+    assert not any("model 0 trained without any peer" in r.message for r in caplog.records)
+    assert any("model 1 trained without any peer" in r.message for r in caplog.records)  # true
