@@ -41,6 +41,16 @@ class Series:
     done_seconds: Optional[float] = None
     eval: Optional[dict] = None
     kind: Optional[str] = None  # "codistill" or another kind of run, when known from elsewhere
+    said_no_peer: bool = False  # its log says it trained without any peer
+
+    @property
+    def without_peers(self) -> bool:
+        """A codistilled model that never had a peer: its log says so at the end, or it
+        finished with num_peers 0 in every record (a run in progress may not have read yet)."""
+        if self.said_no_peer:
+            return True
+        return (self.codistilled and self.done_seconds is not None and bool(self.inner)
+                and all(not r.get("num_peers") for r in self.inner))
 
     @property
     def codistilled(self) -> bool:
@@ -65,6 +75,8 @@ def parse_log(text: str, label: str, path: Optional[Path] = None) -> Series:
                 series.setup["params"] = int(found.group(1).replace(",", ""))
         elif "'distributed_training'" in line and "world_size" not in series.setup:
             _parse_config(line, series.setup)
+        elif "trained without any peer" in line:
+            series.said_no_peer = True
         elif "done training in" in line:
             found = DONE.search(line)
             series.done_seconds = float(found.group(1)) if found else None
@@ -339,12 +351,21 @@ def comparison(rows: Sequence[Row]) -> List[str]:
     return lines if len(lines) > 1 else []
 
 
+def peerless(series: Sequence[Series]) -> List[str]:
+    """A warning for each codistilled model that trained without any peer: it is a model
+    trained alone, whatever its label says."""
+    return [f"WARNING: {s.label} trained without any peer (num_peers 0 throughout): it is not "
+            "codistilled; were all models given the same --codistill-dir?"
+            for s in series if s.without_peers]
+
+
 def write_report(out: Path, series: Sequence[Series], allreduce_workers: Optional[int] = None) -> List[Row]:
     out.mkdir(parents=True, exist_ok=True)
     rows = [table_row(s, allreduce_workers) for s in series]
     plots = write_plots(out, series)
     summary = comparison(rows)
-    lines = ["# Codistillation report", "", markdown_table(rows), ""]
+    lines = ["# Codistillation report", ""] + [f"**{w}**" for w in peerless(series)]
+    lines += ["", markdown_table(rows), ""]
     if summary:
         lines += [f"**{summary[0]}**"] + [f"- {line}" for line in summary[1:]] + [""]
     lines += [
@@ -408,6 +429,8 @@ def main(argv=None) -> int:
     except FileNotFoundError as e:
         sys.exit(f"fairseq-codistill-report: {e}")
     rows = write_report(args.out, series, args.allreduce_workers)
+    for warning in peerless(series):
+        print(warning)
     print(text_table(rows))
     summary = comparison(rows)
     if summary:

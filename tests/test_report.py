@@ -155,6 +155,24 @@ def test_report_folder(runs, tmp_path, capsys):
     assert "codistill/ensemble" in terminal and "3.600" in terminal
 
 
+def test_a_model_that_never_had_a_peer_is_called_out(runs, tmp_path, capsys):
+    _, codistill = runs
+    report.main([str(codistill), "--out", str(tmp_path / "a")])
+    assert "WARNING" not in capsys.readouterr().out  # both read a peer
+    # model 1 finishes with num_peers 0 in every record; model 0's log says so itself
+    alone = MODEL0_LOG.replace('"num_peers": "1"', '"num_peers": "0"')
+    (codistill / "model1" / "train.log").write_text(alone)
+    (codistill / "model0" / "train.log").write_text(
+        MODEL0_LOG + f"{T} fairseq_codistill.exchange | codistill: model 0 trained without any "
+        "peer: no peer snapshot was loaded in 20 updates\n")
+    report.main([str(codistill), "--out", str(tmp_path / "b")])
+    terminal = capsys.readouterr().out
+    md = (tmp_path / "b" / "report.md").read_text()
+    for label in ("codistill/model0", "codistill/model1"):
+        assert f"WARNING: {label} trained without any peer" in terminal
+        assert f"**WARNING: {label} trained without any peer" in md
+
+
 def test_baseline_alone_has_no_codistill_plots(runs, tmp_path):
     base, _ = runs
     report.write_report(tmp_path / "r", report.load_run(base))
