@@ -55,5 +55,22 @@ def test_too_few_nodes_is_a_clear_error(fake_slurm):
     env["NUM_MODELS"] = "5"
     proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "NUM_MODELS=5 x NODES_PER_MODEL=0 needs at least 5 nodes" in proc.stderr
+    assert "5 models (MODELS='0 1 2 3 4') x NODES_PER_MODEL=0 needs at least 5 nodes" in proc.stderr
     assert not Path(calls).exists()
+
+
+def test_one_cluster_runs_its_share_of_the_models_through_a_bucket(fake_slurm):
+    """Two clusters, one bucket: this allocation trains model 0 of 2; cluster B runs
+    MODELS=1 with the same NUM_MODELS and CODISTILL_DIR."""
+    env, calls = fake_slurm
+    env.update(MODELS="0", CODISTILL_DIR="s3://bucket/run1")
+    proc = subprocess.run(["bash", SBATCH, "--max-update", "10"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    (step,) = Path(calls).read_text().splitlines()
+    assert "--nodes=4 --nodelist=node1,node2,node3,node4" in step  # all nodes for one model
+    assert "--codistill-dir s3://bucket/run1 --codistill-id 0 --codistill-num-models 2" in step
+    assert not Path("s3:").exists()  # no local directory made for a URL
+    env["MODELS"] = "2"
+    proc = subprocess.run(["bash", SBATCH], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "MODELS='2': ids must be in 0..1" in proc.stderr
