@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from fairseq_codistill import logs
-from fairseq_codistill.exchange import atomic_write
+from fairseq_codistill.storage import atomic_write, open_store
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent)
 # Flags the launcher owns: one value per job, so the user must not pass them.
@@ -42,7 +42,9 @@ def parse_args(argv: Optional[List[str]] = None):
         prog="fairseq-codistill-launch",
         description="Start N codistilling fairseq-train jobs; fairseq-train arguments follow '--'.")
     parser.add_argument("--num-models", type=int, required=True, help="number of models (>= 2)")
-    parser.add_argument("--codistill-dir", required=True, help="exchange directory shared by the jobs")
+    parser.add_argument("--codistill-dir", required=True,
+                        help="exchange directory, or object-store URL (s3://bucket/prefix), "
+                             "shared by the jobs")
     parser.add_argument("--save-dir", required=True, help="job i saves to SAVE_DIR/model{i}")
     parser.add_argument("--gpus-per-model", type=int, default=None,
                         help="GPUs per job (default: visible GPUs // num-models; 0 = CPU)")
@@ -84,12 +86,14 @@ def visible_gpus() -> List[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d for d in env.split(",") if d.strip()]
+    # nvidia-smi, not torch: the launcher only starts processes and writes JSON, and
+    # importing torch would cost it seconds (and tie it to the training environment).
     try:
-        import torch
-
-        return [str(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
+        proc = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
         return []
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()] if proc.returncode == 0 else []
 
 
 def free_port() -> int:
@@ -328,7 +332,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             devices = job.env.get("CUDA_VISIBLE_DEVICES", "")
             print(f"CUDA_VISIBLE_DEVICES={devices} " + " ".join(job.cmd))
         return 0
-    Path(args.codistill_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        open_store(args.codistill_dir).check()  # a missing bucket fails once, here
+    except ValueError as e:
+        print(f"fairseq-codistill-launch: error: {e}", file=sys.stderr)
+        return 2
 
     def terminate(signum, frame):
         raise KeyboardInterrupt

@@ -1,4 +1,8 @@
 """fairseq-codistill-launch: the jobs it builds and the progress it reads (no training)."""
+import json
+import subprocess
+import sys
+
 from fairseq_codistill import launch
 
 
@@ -38,3 +42,17 @@ def test_progress_line_reads_fairseq_json_records(tmp_path, monkeypatch):
     assert launcher.progress_line(job).endswith(
         "update 40/80 | epoch 2 | loss 5.25 | alpha 0.11 | valid nll 4.875")
 
+
+
+def test_the_launcher_runs_and_writes_its_state_without_torch(tmp_path):
+    """It only starts processes and writes JSON: importing torch would cost every launch
+    seconds and tie it to the training environment."""
+    code = ("import sys\n"
+            "from fairseq_codistill import launch\n"
+            f"rc = launch.main(['--num-models', '2', '--codistill-dir', {str(tmp_path / 'x')!r}, "
+            f"'--save-dir', {str(tmp_path / 'run')!r}, '--fairseq-train', '/bin/true', '--', 'DATA'])\n"
+            "print(rc, sorted(m for m in ('torch', 'fairseq', 'numpy') if m in sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "0 []", proc.stdout + proc.stderr
+    state = json.loads((tmp_path / "run" / "launch.json").read_text())
+    assert {k: v["status"] for k, v in state.items()} == {"model0": "done", "model1": "done"}
