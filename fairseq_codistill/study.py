@@ -21,7 +21,9 @@ from fairseq_codistill.report import Series, curve, human_seconds, load_run, wal
 
 KINDS = ("baseline", "control", "codistill")
 # Parameters that tell two codistill configurations apart, in the order of the table.
-KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss")
+KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot")
+# A knob a run's study.json may lack (written before the knob existed): its value then.
+KNOB_DEFAULTS = {"snapshot": "fp16"}
 
 
 @dataclass
@@ -100,11 +102,18 @@ def load_study(root: Path) -> List[Group]:
         if not series:
             continue
         group = groups.setdefault(meta["group"], Group(
-            meta["group"], meta["kind"], {k: meta[k] for k in KNOBS if k in meta}))
+            meta["group"], meta["kind"], _params(meta)))
         group.regime = group.regime or bool(meta.get("regime"))
         group.runs[int(meta["seed"])] = series
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(groups.values(), key=lambda g: (order[g.kind], not g.regime, g.name))
+
+
+def _params(meta: dict) -> dict:
+    params = {k: meta[k] for k in KNOBS if k in meta}
+    if meta["kind"] == "codistill":
+        params = {**KNOB_DEFAULTS, **params}
+    return params
 
 
 # -- the claims --------------------------------------------------------------------------

@@ -136,9 +136,11 @@ train_control() {
 
 # The pair's threads: THREADS shared by its 2 models.
 train_pair() {
-    local dir=$1 seed=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=${7:-mse} stamp
-    local schedule=exponential
-    stamp=$(settings pair "$seed" "$DROPOUT" "$alpha" "$gamma" "$interval" "$burn_in" "$loss")
+    local dir=$1 seed=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=${7:-mse} snapshot=${8:-fp16}
+    local schedule=exponential stamp extra=()
+    # the default snapshot dtype is left out of the stamp: runs made before it was a knob stay done
+    if [[ "$snapshot" != fp16 ]]; then extra=("snapshot=$snapshot"); fi
+    stamp=$(settings pair "$seed" "$DROPOUT" "$alpha" "$gamma" "$interval" "$burn_in" "$loss" "${extra[@]}")
     fresh "$dir" "$stamp" || return 0
     if [[ "$gamma" == 1 ]]; then schedule=constant; fi
     train_args "$seed" "$DROPOUT"
@@ -153,7 +155,7 @@ train_pair() {
         --criterion codistill_ce \
         --codistill-alpha "$alpha" --codistill-alpha-schedule "$schedule" --codistill-gamma "$gamma" \
         --codistill-interval "$interval" --codistill-burn-in-updates "$burn_in" \
-        --codistill-loss "$loss" \
+        --codistill-loss "$loss" --codistill-snapshot-dtype "$snapshot" \
         --codistill-max-lead "$MAX_LEAD" --codistill-wait-for-peers "$WAIT_FOR_PEERS" \
         > "$dir/launch.log" 2>&1
     rm -rf "$dir/exchange"

@@ -9,7 +9,8 @@
 #                       cross-entropy, at each dropout of CONTROL_DROPOUTS (the claims use the
 #                       best of them, so no gain comes from a weakened control);
 #   codistill-*         pairs of codistilled models (batch B each, no label smoothing), one per
-#                       line of GRID: alpha0, gamma (1 = constant alpha), interval, burn-in, loss.
+#                       line of GRID: alpha0, gamma (1 = constant alpha), interval, burn-in, loss,
+#                       and optionally the snapshot dtype (default fp16).
 #
 # Then fairseq-codistill-report --study writes STUDY_DIR/report/study.md: mean and spread over
 # seeds, curves, and the paper's five claims for the REGIME line of the grid.
@@ -31,12 +32,13 @@ CONTROL_DROPOUTS=${CONTROL_DROPOUTS:-0.1 0.3}
 BASELINE=${BASELINE:-1}              # 0: no all-reduce baseline (a check of the regime alone)
 # One pair per line and seed, in this order. The regime first, then what each claim needs:
 # the interval at 0.5x and 4x, a constant alpha; then the other hypotheses.
-# name             alpha0 gamma interval burn-in loss
+# name             alpha0 gamma interval burn-in loss [snapshot]
 GRID_DEFAULT="
 a0.1-k40           0.1    1.1   40       0       mse
 a0.1-k20           0.1    1.1   20       0       mse
 a0.1-k160          0.1    1.1   160      0       mse
 a0.1-k40-const     0.1    1     40       0       mse
+a0.1-k40-int8      0.1    1.1   40       0       mse  int8
 a0.3-k40           0.3    1.1   40       0       mse
 a0.1-k40-burn120   0.1    1.1   40       120     mse
 "
@@ -111,12 +113,13 @@ run_control() {
 }
 
 run_pair() {
-    local seed=$1 name=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=$7
+    local seed=$1 name=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=$7 snapshot=${8:-fp16}
     local dir=$RUNS/codistill-$name/seed$seed regime=false
     [[ "$name" == "$REGIME" ]] && regime=true
-    train_pair "$dir" "$seed" "$alpha" "$gamma" "$interval" "$burn_in" "$loss"
+    train_pair "$dir" "$seed" "$alpha" "$gamma" "$interval" "$burn_in" "$loss" "$snapshot"
     describe "$dir" "codistill-$name" codistill "$seed" regime "$regime" dropout "$DROPOUT" \
-        alpha "$alpha" gamma "$gamma" interval "$interval" burn_in "$burn_in" loss "$loss"
+        alpha "$alpha" gamma "$gamma" interval "$interval" burn_in "$burn_in" loss "$loss" \
+        snapshot "$snapshot"
 }
 
 main() {
@@ -128,7 +131,7 @@ main() {
     say "data: $LANG_PAIR, a $TRAIN_FRACTION fraction of the training pairs -> $DATA"
     prepare_data
     say "runs: $UPDATES updates of $TOKENS tokens, seeds $SEEDS, $PRECISION on $DEVICE, $SLOTS at once"
-    local seed name alpha gamma interval burn_in loss dropout
+    local seed name alpha gamma interval burn_in loss snapshot dropout
     # What every claim needs first (the control and the baseline), then the grid line by
     # line, all seeds of a line together: a study stopped early has whole configurations.
     for seed in $SEEDS; do
@@ -137,11 +140,11 @@ main() {
         done
         if [[ "$BASELINE" == 1 ]]; then schedule 1 "baseline seed $seed" run_baseline "$seed"; fi
     done
-    while read -r name alpha gamma interval burn_in loss; do
+    while read -r name alpha gamma interval burn_in loss snapshot; do
         [[ -n "$name" ]] || continue
         for seed in $SEEDS; do
             schedule 2 "codistill-$name seed $seed" run_pair "$seed" "$name" "$alpha" "$gamma" \
-                "$interval" "$burn_in" "$loss"
+                "$interval" "$burn_in" "$loss" "${snapshot:-fp16}"
         done
     done <<< "$GRID"
     while (( USED > 0 )); do reap_one; done
