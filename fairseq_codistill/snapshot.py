@@ -238,10 +238,17 @@ def parse_snapshot(data: bytes, name="<bytes>") -> Snapshot:
 
 def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
     """The first ``nbytes`` of ``f`` and their CRC-32, read in chunks into one buffer
-    (from an object store each chunk is one ranged GET; nothing is held twice). Large
-    chunks: a GET has a fixed cost, and some servers read the whole object for each."""
-    buf, crc = io.BytesIO(), 0
+    (from an object store each chunk is one ranged GET; nothing is held twice: a payload
+    that fits one chunk is used as read). Large chunks: a GET has a fixed cost, and some
+    servers read the whole object for each."""
     f.seek(0)
+    first = f.read(min(READ_BLOCK, nbytes))
+    crc = zlib.crc32(first)
+    if len(first) == nbytes:
+        return io.BytesIO(first), crc  # shares the bytes object: no copy
+    buf = io.BytesIO()
+    buf.write(first)
+    del first
     while buf.tell() < nbytes:
         chunk = f.read(min(READ_BLOCK, nbytes - buf.tell()))
         if not chunk:

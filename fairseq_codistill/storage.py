@@ -41,7 +41,11 @@ CLIENT_DEFAULTS = {
 }
 # Install hints for the optional extras, by protocol.
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure"}
-READ_BLOCK = 32 << 20  # bytes per ranged GET when streaming an object
+# Bytes per ranged GET when reading an object: a snapshot read in ranges against one plain
+# GET of a 120 MB object on a local S3 server (moto, 2 busy cores, 4 runs each) was 0.66-0.83x
+# in 32 MiB ranges, 0.71-1.04x in 64 MiB and 0.83-1.35x in 128 MiB. A range is also the
+# most a read holds beyond the snapshot's own buffer.
+READ_BLOCK = 64 << 20
 
 
 class Store(abc.ABC):
