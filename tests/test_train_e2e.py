@@ -58,9 +58,11 @@ def test_update_freq_advances_alpha_once_per_update(data_bin, tmp_path):
     assert inner[-1]["num_updates"] == 12
     assert {r["num_peers"] for r in inner} == {0}
     assert {r["codistill_loss"] for r in inner} == {0.0}
-    # it published at updates 4 and 8 (not 12: training ends before that update's step)
+    # it published at updates 4 and 8 (not 12: training ends before that update's step),
+    # beside its lease; and it says, last, that it never had a peer
     assert sorted(p.name for p in (tmp_path / "x" / "model0").iterdir()) == [
-        "snapshot-0000000004.cds", "snapshot-0000000008.cds"]
+        "lease.json", "snapshot-0000000004.cds", "snapshot-0000000008.cds"]
+    assert "model 0 trained without any peer" in (proc.stderr + proc.stdout).strip().splitlines()[-1]
 
 
 def test_bad_flag_fails_before_training(data_bin, tmp_path):

@@ -271,3 +271,19 @@ def test_compile_trains_the_compiled_model_and_publishes_the_plain_one(tmp_path,
     checkpoint = torch.load(tmp_path / "m0" / "checkpoint_last.pt", weights_only=True)
     for names in (read_snapshot(x, published.key).state_dict, checkpoint["model"]):
         assert "stem.0.weight" in names and not any("_orig_mod" in n for n in names)
+
+
+def test_the_vision_trainer_exchanges_through_an_object_store(tmp_path, s3_url, capsys):
+    """--codistill-dir takes a URL in the vision trainer too: it publishes into the
+    bucket, and a missing bucket is refused before training, naming the flag."""
+    main(TINY[:-2] + ["--lr-milestones", "", "--arch", "resnet8", "--epochs", "1",
+                      "--save-dir", str(tmp_path / "m0"), "--codistill-dir", s3_url,
+                      "--codistill-id", "0", "--codistill-interval", "8"])
+    (published,) = list_snapshots(s3_url, 0)  # at update 8 of 16
+    assert published.num_updates == 8
+    assert read_snapshot(s3_url, published.key).meta  # the config a peer is rebuilt from
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(TINY + ["--arch", "resnet8", "--codistill-dir", "s3://no-such-bucket/x",
+                           "--codistill-id", "0"])
+    assert exit_.value.code == 2
+    assert "--codistill-dir s3://no-such-bucket/x: the bucket" in capsys.readouterr().err
