@@ -46,6 +46,7 @@ _TRAILER = struct.Struct("<II8s")  # header length, header CRC-32, MAGIC
 _NAME = re.compile(r"^snapshot-(\d{10})\.cds$")
 # A header is a few KB; anything claiming more is garbage, not a snapshot.
 _MAX_HEADER_BYTES = 1 << 20
+_TAIL_BYTES = 256 << 10  # read from the end of a large snapshot: its trailer and header
 
 
 class SnapshotError(Exception):
@@ -237,18 +238,10 @@ def parse_snapshot(data: bytes, name="<bytes>") -> Snapshot:
 
 
 def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
-    """The first ``nbytes`` of ``f`` and their CRC-32, read in chunks into one buffer
-    (from an object store each chunk is one ranged GET; nothing is held twice: a payload
-    that fits one chunk is used as read). Large chunks: a GET has a fixed cost, and some
-    servers read the whole object for each."""
+    """The first ``nbytes`` of ``f`` and their CRC-32, read in READ_BLOCK ranges into one
+    buffer (nothing is held twice)."""
+    buf, crc = io.BytesIO(), 0
     f.seek(0)
-    first = f.read(min(READ_BLOCK, nbytes))
-    crc = zlib.crc32(first)
-    if len(first) == nbytes:
-        return io.BytesIO(first), crc  # shares the bytes object: no copy
-    buf = io.BytesIO()
-    buf.write(first)
-    del first
     while buf.tell() < nbytes:
         chunk = f.read(min(READ_BLOCK, nbytes - buf.tell()))
         if not chunk:
@@ -260,22 +253,36 @@ def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
 
 
 def _read(f: BinaryIO, name: str) -> Snapshot:
+    """Verify and load one snapshot. Reads are few and large, since from an object store
+    each is a GET: a snapshot of up to READ_BLOCK bytes in one read, used in place;
+    a larger one as its tail (trailer and header) and then its payload in ranges."""
     size = f.seek(0, io.SEEK_END)
     if size < _TRAILER.size:
         raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
-    f.seek(size - _TRAILER.size)
-    header_len, header_crc, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    whole = None
+    if size <= READ_BLOCK:
+        f.seek(0)
+        whole = f.read(size)
+        tail, tail_start = memoryview(whole), 0
+    else:
+        tail_start = size - _TAIL_BYTES
+        f.seek(tail_start)
+        tail = memoryview(f.read(_TAIL_BYTES))
+    header_len, header_crc, magic = _TRAILER.unpack(tail[-_TRAILER.size:])
     if magic != MAGIC:
         raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
     header_end = size - _TRAILER.size
     if header_len > min(_MAX_HEADER_BYTES, header_end):
         raise SnapshotError(f"{name} has a bad header length ({header_len})")
-    f.seek(header_end - header_len)
-    header_bytes = f.read(header_len)
+    if header_end - header_len >= tail_start:
+        header_bytes = tail[header_end - header_len - tail_start:header_end - tail_start]
+    else:  # a header longer than the tail read
+        f.seek(header_end - header_len)
+        header_bytes = f.read(header_len)
     if zlib.crc32(header_bytes) != header_crc:
         raise SnapshotError(f"{name} fails its header checksum")
     try:
-        header = json.loads(header_bytes)
+        header = json.loads(bytes(header_bytes))
         version = header["format_version"]
         payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
     except (ValueError, KeyError, TypeError) as e:
@@ -286,7 +293,13 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
             f"{FORMAT_VERSION}: run the same version in every model")
     if payload_bytes != header_end - header_len:
         raise SnapshotError(f"{name} is truncated or padded (payload length mismatch)")
-    payload, payload_crc = _read_payload(f, payload_bytes)
+    if whole is not None:
+        payload_crc = zlib.crc32(memoryview(whole)[:payload_bytes])
+        # The zip reader finds its directory however much follows it: torch.load reads the
+        # payload out of the whole snapshot, no copy made.
+        payload = io.BytesIO(whole)
+    else:
+        payload, payload_crc = _read_payload(f, payload_bytes)
     if payload_crc != crc:
         raise SnapshotError(f"{name} fails its checksum")
     try:

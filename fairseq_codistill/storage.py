@@ -21,6 +21,7 @@ message here carries one (``redact`` drops user:password from a URL).
 from __future__ import annotations
 
 import abc
+import io
 import logging
 import os
 import re
@@ -141,7 +142,7 @@ def atomic_write(path, write: Callable[[BinaryIO], None], create_only: bool = Fa
             f.flush()
             os.fsync(f.fileno())
         if create_only:
-            os.link(tmp, path)
+            _link_new(tmp, path)
         else:
             os.replace(tmp, path)
     finally:
@@ -150,6 +151,20 @@ def atomic_write(path, write: Callable[[BinaryIO], None], create_only: bool = Fa
         except FileNotFoundError:
             pass  # renamed in
     _fsync_dir(path.parent)
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Link ``tmp`` in as ``path`` unless ``path`` exists. On a filesystem without hard
+    links (some FUSE mounts of object stores) it checks, then renames: not atomic
+    against a second writer, but a snapshot still appears whole."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:
+        if path.exists():
+            raise FileExistsError(path) from None
+        os.replace(tmp, path)
 
 
 class LocalStore(Store):
@@ -209,6 +224,21 @@ class LocalStore(Store):
 # An object store, through fsspec
 
 
+class _ByteBuffer(io.RawIOBase):
+    """A write-only file into a bytearray, which object-store clients take as a body
+    (io.BytesIO would need a copy to give its bytes away)."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        self.buffer += b
+        return len(b)
+
+
 class FsspecStore(Store):
     """Any fsspec filesystem; written for object stores (S3, GCS, Azure), where an
     object becomes visible only once its upload completes."""
@@ -227,31 +257,27 @@ class FsspecStore(Store):
             raise ValueError(f"--codistill-dir {self.url}: no filesystem for {protocol}:// "
                              f"({e}){hint}") from e
         self.root = self.root.rstrip("/")
-        self.create_only = True  # until the store says it cannot
+        self.create_only = True  # until the filesystem says it cannot
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
     def write(self, key, write, create_only=False):
-        path = self._path(key)
-        mode = "xb" if create_only and self.create_only else "wb"
+        # Serialised in memory first, then handed to the store's own one-call put (s3fs:
+        # one PUT below 100 MiB, concurrent parts above, completed only once all are up
+        # and aborted on failure): a failure while serialising uploads nothing, and the
+        # upload runs at the client's own speed. The price is the object held in memory
+        # while it uploads.
+        data = _ByteBuffer()
+        write(data)
+        mode = "create" if create_only and self.create_only else "overwrite"
         try:
-            f = self.fs.open(path, mode)
-        except (ValueError, NotImplementedError):
-            if mode != "xb":
+            self.fs.pipe_file(self._path(key), data.buffer, mode=mode)
+        except (TypeError, NotImplementedError):
+            if mode != "create":
                 raise
-            # This filesystem has no create-only writes: the lease check reads first.
-            self.create_only = False
-            f = self.fs.open(path, "wb")
-        try:
-            write(f)
-        except BaseException:
-            # fsspec's close() would complete the upload: abort it instead, so nothing
-            # partial appears (an unfinished multipart upload is deleted).
-            f.discard()
-            f.closed = True
-            raise
-        f.close()  # the single PUT, or the multipart upload's completion
+            self.create_only = False  # this filesystem has no create-only put
+            self.fs.pipe_file(self._path(key), data.buffer)
 
     def open(self, key):
         # No read-ahead cache: the snapshot reader asks for large ranges itself, and a

@@ -9,7 +9,8 @@ import torch
 
 from fairseq_codistill import snapshot as snapfile
 from fairseq_codistill.quantize import QMAX
-from fairseq_codistill.storage import FsspecStore, LocalStore, open_store, redact
+from fairseq_codistill import storage
+from fairseq_codistill.storage import LocalStore, open_store, redact
 
 from s3server import ENV, free_port
 
@@ -58,11 +59,8 @@ def test_write_read_list_delete(store):
         store.read_bytes("model0/a")
 
 
-@pytest.mark.parametrize("size", [1000, 12 << 20])  # one PUT; a multipart upload (5 MiB parts)
-def test_a_failed_write_leaves_nothing(store, size, monkeypatch):
-    if isinstance(store, FsspecStore):
-        monkeypatch.setattr(store.fs, "default_block_size", 5 << 20)  # S3's smallest part
-
+@pytest.mark.parametrize("size", [1000, 12 << 20])
+def test_a_failed_write_leaves_nothing(store, size):
     def explode(f):
         f.write(os.urandom(size))
         raise OSError("the job was killed mid-write")
@@ -72,6 +70,20 @@ def test_a_failed_write_leaves_nothing(store, size, monkeypatch):
     assert store.list("model0") == []
     store.write("model0/snap", lambda f: f.write(b"x" * size))  # and a whole one appears whole
     assert len(store.read_bytes("model0/snap")) == size
+
+
+def test_create_only_without_hard_links(tmp_path, monkeypatch):
+    """A filesystem without hard links (some FUSE mounts) still gets whole files, and an
+    existing one is still refused."""
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(storage.os, "link", no_links)
+    store = open_store(str(tmp_path))
+    store.write_bytes("model0/a", b"first", create_only=True)
+    with pytest.raises(FileExistsError):
+        store.write_bytes("model0/a", b"second", create_only=True)
+    assert store.read_bytes("model0/a") == b"first" and store.list("model0") == ["a"]
 
 
 def test_missing_bucket_names_the_flag(s3_server):
