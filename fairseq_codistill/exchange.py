@@ -26,11 +26,10 @@ from fairseq_codistill.snapshot import (
     SnapshotError,
     cast_state_dict,
     list_snapshots,
-    model_prefix,
     read_snapshot,
     write_snapshot,
 )
-from fairseq_codistill.storage import open_store
+from fairseq_codistill.storage import model_prefix, open_store
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional
 
-from fairseq_codistill.storage import Store
+from fairseq_codistill.storage import Store, model_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ _MODEL_DIR = re.compile(r"^model(\d+)$")
 
 
 def lease_key(model_id: int) -> str:
-    return f"model{model_id}/lease.json"
+    return f"{model_prefix(model_id)}/lease.json"
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 import torch
 
 from fairseq_codistill.quantize import dequantize_int8, quantize_int8
-from fairseq_codistill.storage import READ_BLOCK, as_store
+from fairseq_codistill.storage import READ_BLOCK, as_store, model_prefix
 
 FORMAT_VERSION = 1
 MAGIC = b"CODISTL\x01"
@@ -72,10 +72,6 @@ class Snapshot:
     meta: dict
     state_dict: Dict[str, torch.Tensor]
     nbytes: int
-
-
-def model_prefix(model_id: int) -> str:
-    return f"model{model_id}"
 
 
 def snapshot_key(model_id: int, num_updates: int) -> str:

@@ -105,6 +105,11 @@ def open_store(url: str) -> Store:
     return FsspecStore(url)
 
 
+def model_prefix(model_id: int) -> str:
+    """Where model ``model_id`` keeps its snapshots and its lease."""
+    return f"model{model_id}"
+
+
 def as_store(where) -> Store:
     """``where`` if it is a store already, else the store its path or URL names."""
     return where if isinstance(where, Store) else open_store(str(where))

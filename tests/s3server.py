@@ -2,17 +2,12 @@
 suite uses it. It runs in the test process (``ThreadedMotoServer``), so its buckets
 survive ``stop()`` and ``start()`` on the same port: a store that went down and came back."""
 import os
-import socket
 import uuid
+
+from fairseq_codistill.launch import free_port
 
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

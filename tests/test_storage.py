@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from fairseq_codistill import snapshot as snapfile
-from fairseq_codistill.quantize import QMAX
 from fairseq_codistill import storage
+from fairseq_codistill.launch import free_port
+from fairseq_codistill.quantize import QMAX
 from fairseq_codistill.storage import LocalStore, open_store, redact
 
-from s3server import ENV, free_port
+from s3server import ENV
 
 
 @pytest.fixture(params=["dir", "s3"])
