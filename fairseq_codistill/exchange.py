@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
+import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -157,7 +158,8 @@ class PeerExchange:
         self._started = False
         self._waited = False
         self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
-        self._store_down = False  # listing failed at the last exchange (warned once per outage)
+        self._store_down = False  # the last list, write or read failed; cleared by a success
+        self._store_lock = threading.Lock()  # the writer thread and the main one both clear it
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
         self._write_future: Optional[concurrent.futures.Future] = None
@@ -242,6 +244,9 @@ class PeerExchange:
             # and the next interval publishes again.
             logger.warning("codistill: could not publish snapshot at update %d to %s: %s",
                            num_updates, self.store.url, e)
+            self._store_down = True
+        else:
+            self._store_answers()
         if self.lease is not None:
             self.lease.renew(num_updates)  # the heartbeat of every exchange
 
@@ -336,10 +341,15 @@ class PeerExchange:
                                "weights until it answers", self.store.url, e)
             self._store_down = True
             return {}
-        if self._store_down:
-            logger.info("codistill: %s answers again", self.store.url)
-        self._store_down = False
+        self._store_answers()
         return choice
+
+    def _store_answers(self) -> None:
+        """A list or write succeeded: say so once if the last store access failed."""
+        with self._store_lock:
+            if self._store_down:
+                logger.info("codistill: %s answers again", self.store.url)
+            self._store_down = False
 
     def _load(self, peer_id: int, key: str) -> Optional[Snapshot]:
         """Background thread: read, verify and check one snapshot; None if unusable."""
@@ -363,7 +373,8 @@ class PeerExchange:
             return
         if isinstance(error, SnapshotError) and not isinstance(error.__cause__, OSError):
             peer.rejected.add(key)  # a bad snapshot stays bad: warn once, never retry it
-        # a failed read (the store went down mid-read) is retried at the next exchange
+        else:  # a failed read (the store went down mid-read) is retried at the next exchange
+            self._store_down = True
         logger.warning("codistill: skipping peer snapshot: %s; keeping the previous weights "
                        "of model %d", error, peer_id)
 

@@ -313,13 +313,22 @@ def test_a_failed_publish_warns_and_training_goes_on(tmp_path, caplog, monkeypat
     def no_space(*a, **k):
         raise OSError(28, "No space left on device")
 
+    write = ex.write_snapshot
     monkeypatch.setattr(ex, "write_snapshot", no_space)
     try:
-        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+        with caplog.at_level(logging.INFO, logger="fairseq_codistill.exchange"):
             x0.step(5, m0)
             x0.wait_for_write()
-        assert any("could not publish" in r.message for r in caplog.records)
-        x0.step(6, m0)  # and the next update runs as usual
+            assert [r.levelname for r in caplog.records if "could not publish" in r.message] == ["WARNING"]
+            x0.step(6, m0)  # and the next update runs as usual
+            monkeypatch.setattr(ex, "write_snapshot", write)  # the disk has room again
+            x0.step(10, m0)
+            x0.wait_for_write()
+            x0.step(15, m0)
+            x0.wait_for_write()
+        # the listing at update 5 worked, but the write after it failed: the return is told once
+        assert sum("answers again" in r.message for r in caplog.records) == 1
+        assert [s.num_updates for s in snapfile.list_snapshots(x0.store, 0)] == [15, 10]
     finally:
         x0.close()
 
