@@ -50,7 +50,8 @@ def _quantize_matrix(name: str, w: Tensor) -> Tuple[Tensor, Tensor]:
                          "in magnitude have no int8 snapshot (has the model diverged?)")
     # q is computed with the fp16 scale that is stored, so w - q * scale is the whole error.
     scale = (amax / QMAX).clamp(min=SCALE_FLOOR).half()  # (R,)
-    q = torch.round(rows / scale.float().unsqueeze(1)).clamp_(-QMAX, QMAX)  # (R, C)
+    # One new (R, C) tensor, rounded and clamped in place: rows may be w itself.
+    q = rows.div(scale.float().unsqueeze(1)).round_().clamp_(-QMAX, QMAX)  # (R, C)
     return q.to(torch.int8).reshape(w.shape), scale
 
 
