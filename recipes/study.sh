@@ -15,7 +15,7 @@
 # Then fairseq-codistill-report --study writes STUDY_DIR/report/study.md: mean and spread over
 # seeds, curves, and the paper's five claims for the REGIME line of the grid.
 #
-#   bash recipes/study.sh                        # ~80 min on 2 cores in bf16 (see the README)
+#   bash recipes/study.sh                        # ~100 min on 2 cores in bf16 (see the README)
 #   SEEDS="1 2 3" bash recipes/study.sh          # a third seed: only the new runs train
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #
@@ -41,6 +41,8 @@ a0.1-k40-const     0.1    1     40       0       mse
 a0.1-k40-int8      0.1    1.1   40       0       mse  int8
 a0.3-k40           0.3    1.1   40       0       mse
 a0.1-k40-burn120   0.1    1.1   40       120     mse
+a0.1-k40-kl        0.1    1.1   40       0       kl
+a0.01-k40-kl       0.01   1.1   40       0       kl
 "
 GRID=${GRID:-$GRID_DEFAULT}
 REGIME=${REGIME:-a0.1-k40}           # the grid line whose settings become the defaults
