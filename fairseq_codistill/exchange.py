@@ -11,7 +11,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import logging
-import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from fairseq_codistill.snapshot import (
     read_snapshot,
     write_snapshot,
 )
-from fairseq_codistill.storage import model_prefix, open_store
+from fairseq_codistill.storage import Outage, model_prefix, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -158,8 +157,7 @@ class PeerExchange:
         self._started = False
         self._waited = False
         self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
-        self._store_down = False  # the last list, write or read failed; cleared by a success
-        self._store_lock = threading.Lock()  # the writer thread and the main one both clear it
+        self._outage = Outage()  # of self.store, as this exchange's lists, writes and reads see it
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
         self._write_future: Optional[concurrent.futures.Future] = None
@@ -244,7 +242,7 @@ class PeerExchange:
             # and the next interval publishes again.
             logger.warning("codistill: could not publish snapshot at update %d to %s: %s",
                            num_updates, self.store.url, e)
-            self._store_down = True
+            self._outage.failed()
         else:
             self._store_answers()
         if self.lease is not None:
@@ -336,20 +334,17 @@ class PeerExchange:
                     choice[j] = (info.num_updates, info.key)
                     break
         except Exception as e:
-            if not self._store_down:
+            if self._outage.failed():
                 logger.warning("codistill: cannot list %s (%s); keeping the peers' current "
                                "weights until it answers", self.store.url, e)
-            self._store_down = True
             return {}
         self._store_answers()
         return choice
 
     def _store_answers(self) -> None:
         """A list or write succeeded: say so once if the last store access failed."""
-        with self._store_lock:
-            if self._store_down:
-                logger.info("codistill: %s answers again", self.store.url)
-            self._store_down = False
+        if self._outage.answered():
+            logger.info("codistill: %s answers again", self.store.url)
 
     def _load(self, peer_id: int, key: str) -> Optional[Snapshot]:
         """Background thread: read, verify and check one snapshot; None if unusable."""
@@ -374,7 +369,7 @@ class PeerExchange:
         if isinstance(error, SnapshotError) and not isinstance(error.__cause__, OSError):
             peer.rejected.add(key)  # a bad snapshot stays bad: warn once, never retry it
         else:  # a failed read (the store went down mid-read) is retried at the next exchange
-            self._store_down = True
+            self._outage.failed()
         logger.warning("codistill: skipping peer snapshot: %s; keeping the previous weights "
                        "of model %d", error, peer_id)
 

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional
 
-from fairseq_codistill.storage import Store, model_prefix
+from fairseq_codistill.storage import Outage, Store, model_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class LeaseHolder:
         self.store, self.lease = store, lease
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._failing = False
+        self._outage = Outage()
         self._thread = threading.Thread(target=self._beat, args=(heartbeat,),
                                         name="codistill-lease", daemon=True)
         self._thread.start()
@@ -139,14 +139,12 @@ class LeaseHolder:
                                  "training as --codistill-id %d", self.lease.model_id,
                                  current.who(), self.lease.model_id)
                 _write(self.store, self.lease)
-                if self._failing:
+                if self._outage.answered():
                     logger.info("codistill: lease renewed again in %s", self.store.url)
-                self._failing = False
             except Exception as e:  # storage trouble must not stop training
-                if not self._failing:
+                if self._outage.failed():
                     logger.warning("codistill: could not renew the lease in %s: %s",
                                    self.store.url, e)
-                self._failing = True
 
     def _beat(self, period: float) -> None:
         while not self._stop.wait(period):

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, List
@@ -108,6 +109,28 @@ def open_store(url: str) -> Store:
 def model_prefix(model_id: int) -> str:
     """Where model ``model_id`` keeps its snapshots and its lease."""
     return f"model{model_id}"
+
+
+class Outage:
+    """Whether the last access to a store failed: one warning when an outage starts and one
+    line when the store answers again, from any thread (the exchange's writer and reader
+    threads and the lease's heartbeat all access the store)."""
+
+    def __init__(self):
+        self._down = False
+        self._lock = threading.Lock()
+
+    def failed(self) -> bool:
+        """Note a failed access; True if it starts an outage."""
+        with self._lock:
+            started, self._down = not self._down, True
+        return started
+
+    def answered(self) -> bool:
+        """Note a successful access; True if it ends an outage."""
+        with self._lock:
+            ended, self._down = self._down, False
+        return ended
 
 
 def as_store(where) -> Store:

@@ -157,3 +157,11 @@ def test_damaged_objects_are_rejected_whole(store, damage):
     store.write_bytes(key, bad)
     with pytest.raises(snapfile.SnapshotError):
         snapfile.read_snapshot(store, key)
+
+
+def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends():
+    outage = storage.Outage()
+    assert not outage.answered()  # a store that never failed has nothing to end
+    assert [outage.failed(), outage.failed(), outage.failed()] == [True, False, False]
+    assert [outage.answered(), outage.answered()] == [True, False]
+    assert outage.failed()  # the next failure starts a new outage
