@@ -29,7 +29,7 @@ from fairseq_codistill.snapshot import (
     read_snapshot,
     write_snapshot,
 )
-from fairseq_codistill.storage import Outage, model_prefix, open_store
+from fairseq_codistill.storage import Outage, model_prefix, open_store, replaced_while_read
 
 logger = logging.getLogger(__name__)
 
@@ -363,7 +363,9 @@ class PeerExchange:
         peer = self.peers[peer_id]
         if key in peer.rejected:
             return
-        if isinstance(error.__cause__, FileNotFoundError):  # pruned before we read it
+        cause = error.__cause__
+        if isinstance(cause, FileNotFoundError) or replaced_while_read(cause):
+            # pruned (or replaced) before we read all of it
             logger.info("codistill: %s is gone; trying again at the next exchange", key)
             return
         if isinstance(error, SnapshotError) and not isinstance(error.__cause__, OSError):

@@ -29,12 +29,18 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional
 
-from fairseq_codistill.storage import Outage, Store, model_prefix
+from fairseq_codistill.storage import Outage, Store, model_prefix, replaced_while_read
 
 logger = logging.getLogger(__name__)
 
 HEARTBEAT = 30.0  # seconds between renewals
 TTL = 120.0  # a lease not renewed for this long is stale: four missed heartbeats
+READ_ATTEMPTS = 3  # reads of a lease that was replaced, or torn, while being read
+# A store that fails this many times while a job takes its lease stops the job, with a
+# pause of START_RETRY_SECONDS x the attempt between tries (botocore retries each request
+# itself first).
+START_ATTEMPTS = 3
+START_RETRY_SECONDS = 2.0
 _MODEL_DIR = re.compile(r"^model(\d+)$")
 
 
@@ -84,15 +90,24 @@ def _pid_alive(pid: int) -> bool:
 
 
 def read_lease(store: Store, model_id: int) -> Optional[Lease]:
-    """Model ``model_id``'s lease; None if it has none or it is unreadable."""
-    try:
-        data = json.loads(store.read_bytes(lease_key(model_id)))
-        return Lease(**data)
-    except FileNotFoundError:
-        return None
-    except (ValueError, TypeError) as e:  # torn by a foreign writer, or another version
-        logger.warning("codistill: ignoring the unreadable lease of model %d: %s", model_id, e)
-        return None
+    """Model ``model_id``'s lease; None if it has none or it stays unreadable. A lease
+    replaced while it was read, or torn (a store whose writes are not atomic), is read
+    again; a store that fails raises."""
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            data = store.read_bytes(lease_key(model_id))
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if replaced_while_read(e) and attempt < READ_ATTEMPTS:
+                continue
+            raise
+        try:
+            return Lease(**json.loads(data))
+        except (ValueError, TypeError) as e:  # torn by a foreign writer, or another version
+            error = e
+    logger.warning("codistill: ignoring the unreadable lease of model %d: %s", model_id, error)
+    return None
 
 
 def read_leases(store: Store) -> Dict[int, Lease]:
@@ -157,14 +172,36 @@ class LeaseHolder:
 
 
 def acquire(store: Store, model_id: int, num_models: int, topology: str,
-            heartbeat: float = HEARTBEAT, ttl: float = TTL, retry: bool = True) -> LeaseHolder:
+            heartbeat: float = HEARTBEAT, ttl: float = TTL) -> LeaseHolder:
     """Check membership against the live leases in ``store`` and take model
-    ``model_id``'s lease; ``ValueError`` naming the flag on a conflict."""
+    ``model_id``'s lease; ``ValueError`` naming the flag on a conflict, or naming
+    --codistill-dir when the store keeps failing."""
+    token = uuid.uuid4().hex  # one for every attempt: a lease an attempt wrote is ours
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            return _acquire(store, model_id, num_models, topology, heartbeat, ttl, token)
+        except ValueError:
+            raise  # a conflict, named by its flag
+        except Exception as e:  # the store failed: it may answer a moment later
+            if attempt == START_ATTEMPTS:
+                raise ValueError(
+                    f"--codistill-dir {store.url}: could not take model {model_id}'s lease: "
+                    f"the store failed {START_ATTEMPTS} times in a row (last: "
+                    f"{type(e).__name__}: {e})") from e
+            logger.warning("codistill: taking model %d's lease in %s failed (%s: %s); trying "
+                           "again", model_id, store.url, type(e).__name__, e)
+            time.sleep(START_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")
+
+
+def _acquire(store: Store, model_id: int, num_models: int, topology: str, heartbeat: float,
+             ttl: float, token: str, retry: bool = True) -> LeaseHolder:
     now, job = time.time(), os.environ.get("SLURM_JOB_ID", "")
     leases = read_leases(store)
     own = leases.pop(model_id, None)
+    ours = own is not None and own.token == token  # an earlier attempt wrote it, then failed
     requeued = own is not None and bool(job) and own.job == job  # the same SLURM job, again
-    if own is not None and own.live(now) and not requeued:
+    if own is not None and own.live(now) and not (requeued or ours):
         raise ValueError(
             f"--codistill-id {model_id}: model {model_id} is already training with "
             f"--codistill-dir {store.url}: its lease was renewed {own.age(now):.0f}s ago by "
@@ -186,7 +223,7 @@ def acquire(store: Store, model_id: int, num_models: int, topology: str,
                 f"--codistill-num-models {num_models}: model {j} ({other.who()}) is training "
                 f"in --codistill-dir {store.url}, so there are more than {num_models} models")
     lease = Lease(model_id=model_id, host=socket.gethostname(), pid=os.getpid(),
-                  job=job, token=uuid.uuid4().hex,
+                  job=job, token=token,
                   started=now, heartbeat=now, num_models=num_models, topology=topology,
                   ttl=ttl)
     try:
@@ -197,8 +234,8 @@ def acquire(store: Store, model_id: int, num_models: int, topology: str,
             raise ValueError(f"--codistill-id {model_id}: {store.url}/{lease_key(model_id)} "
                              "exists but cannot be read; delete it if no job trains as model "
                              f"{model_id}") from None
-        return acquire(store, model_id, num_models, topology, heartbeat, ttl, retry=False)
-    if own is not None:
+        return _acquire(store, model_id, num_models, topology, heartbeat, ttl, token, retry=False)
+    if own is not None and not ours:
         logger.info("codistill: took over model %d's lease from %s (%s)", model_id, own.who(),
                     "finished" if own.finished else f"stale for {own.age(now):.0f}s")
     return LeaseHolder(store, lease, heartbeat)

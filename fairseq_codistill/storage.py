@@ -21,6 +21,8 @@ message here carries one (``redact`` drops user:password from a URL).
 from __future__ import annotations
 
 import abc
+import errno
+import inspect
 import io
 import logging
 import os
@@ -81,6 +83,7 @@ class Store(abc.ABC):
         whose writes leave nothing)."""
 
     def read_bytes(self, key: str) -> bytes:
+        """All of a small object (a lease, a probe) as it is now."""
         with self.open(key) as f:
             return f.read()
 
@@ -131,6 +134,16 @@ class Outage:
         with self._lock:
             ended, self._down = self._down, False
         return ended
+
+
+def replaced_while_read(error: BaseException) -> bool:
+    """Whether ``error`` says an object changed between two requests of one read: s3fs
+    pins the GETs of an open file to the ETag its first request saw, and fails with
+    FileExpired (EBUSY), or EINVAL for a failed pre-condition, once it was replaced."""
+    if not isinstance(error, OSError):
+        return False
+    return error.errno == errno.EBUSY or (
+        error.errno == errno.EINVAL and "pre-condition" in str(error))
 
 
 def as_store(where) -> Store:
@@ -286,6 +299,9 @@ class FsspecStore(Store):
                              f"({e}){hint}") from e
         self.root = self.root.rstrip("/")
         self.create_only = True  # until the filesystem says it cannot
+        # s3fs asks for an object's size first (a HEAD) unless told to read it in one GET.
+        takes = inspect.signature(self.fs.cat_file).parameters
+        self._one_request = {"max_concurrency": 1} if "max_concurrency" in takes else {}
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
@@ -306,6 +322,11 @@ class FsspecStore(Store):
                 raise
             self.create_only = False  # this filesystem has no create-only put
             self.fs.pipe_file(self._path(key), data.buffer)
+
+    def read_bytes(self, key):
+        # One GET, never pinned to an ETag: a lease is replaced every heartbeat, and an
+        # open file's HEAD-then-GET fails whenever a renewal falls between the two.
+        return self.fs.cat_file(self._path(key), **self._one_request)
 
     def open(self, key):
         # No read-ahead cache: the snapshot reader asks for large ranges itself, and a

@@ -134,3 +134,97 @@ def test_a_peer_whose_lease_went_stale_is_warned_about(tmp_path, caplog):
     assert stale and "model 1's lease is stale" in stale[0] and "snapshot from update 5" in stale[0]
     assert not any("model 0 trained without any peer" in r.message for r in caplog.records)
     assert any("model 1 trained without any peer" in r.message for r in caplog.records)  # true
+
+
+# -- start-ups while another model renews its lease ---------------------------------------
+
+# Rewrites model 0's lease (live, on this host) as fast as the store takes it, as a model
+# renewing its heartbeat would, only without pause; prints how many writes it made.
+RENEWER = """
+import json, os, sys, time
+from fairseq_codistill import lease as leases
+from fairseq_codistill.storage import open_store
+store, stop = open_store(sys.argv[1]), sys.argv[2]
+lease = leases.Lease(model_id=0, host=leases.socket.gethostname(), pid=os.getpid(), job="",
+                     token="renewer", started=time.time(), heartbeat=time.time(),
+                     num_models=2, topology="all")
+writes = 0
+while not os.path.exists(stop):
+    leases._write(store, leases.replace(lease, heartbeat=time.time()))
+    writes += 1
+print(writes)
+"""
+
+
+def test_start_ups_succeed_while_another_model_rewrites_its_lease(s3_url, tmp_path):
+    """A lease is rewritten every 30 s and at every exchange, so a job starting beside a
+    running model reads leases that are being replaced. Reading one used to take a HEAD and
+    then a GET pinned to its ETag, which failed (FileExpired, PreconditionFailed) whenever
+    the lease was replaced in between: a job that died at start-up, at random."""
+    from conftest import cpu_env
+
+    store, stop = open_store(s3_url), tmp_path / "stop"
+    renewer = subprocess.Popen([sys.executable, "-c", RENEWER, s3_url, str(stop)],
+                               stdout=subprocess.PIPE, text=True, env=cpu_env())
+    try:
+        deadline = time.monotonic() + 60
+        while leases.read_lease(store, 0) is None:
+            assert time.monotonic() < deadline and renewer.poll() is None, "the renewer never wrote"
+            time.sleep(0.05)
+        started = 0
+        for _ in range(20):
+            leases.acquire(store, 1, 2, "all").release()
+            started += 1
+    finally:
+        stop.touch()
+        out, _ = renewer.communicate(timeout=60)
+    assert started == 20 and renewer.returncode == 0
+    writes = int(out)
+    assert writes > 20, "the lease was hardly rewritten: the race was not exercised"
+    from conftest import record_figure
+    record_figure("object store", "start-ups of model 1 while model 0's lease is rewritten "
+                  "in a tight loop", f"{started}/20 succeeded ({writes} rewrites meanwhile)")
+
+
+class FlakyStore:
+    """A store whose reads fail ``failures`` times (an outage), then answer."""
+
+    def __init__(self, inner, failures):
+        self.inner, self.failures, self.url = inner, failures, inner.url
+
+    def read_bytes(self, key):
+        if self.failures:
+            self.failures -= 1
+            raise OSError(5, "connection reset by the store")
+        return self.inner.read_bytes(key)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_store_that_keeps_failing_at_start_up_names_the_flag(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(leases, "START_RETRY_SECONDS", 0.0)
+    inner = open_store(str(tmp_path / "x"))
+    leases.acquire(inner, 0, 2, "all").release()  # a lease to read
+    with caplog.at_level(logging.WARNING):
+        leases.acquire(FlakyStore(inner, failures=leases.START_ATTEMPTS - 1), 1, 2, "all").release()
+    assert len([r for r in caplog.records if "trying again" in r.message]) == leases.START_ATTEMPTS - 1
+    with pytest.raises(ValueError, match=r"^--codistill-dir .*: could not take model 1's lease: "
+                                         r"the store failed 3 times in a row \(last: OSError"):
+        leases.acquire(FlakyStore(inner, failures=10), 1, 2, "all")
+
+
+def test_a_lease_torn_while_read_is_read_again(tmp_path):
+    inner = open_store(str(tmp_path / "x"))
+    leases.acquire(inner, 0, 2, "all").release()
+    whole = inner.read_bytes("model0/lease.json")
+
+    class Torn(FlakyStore):
+        def read_bytes(self, key):  # a store without atomic writes, caught mid-write once
+            if self.failures:
+                self.failures -= 1
+                return whole[: len(whole) // 2]
+            return self.inner.read_bytes(key)
+
+    assert leases.read_lease(Torn(inner, failures=1), 0).finished
+    assert leases.read_lease(Torn(inner, failures=leases.READ_ATTEMPTS), 0) is None  # stays torn

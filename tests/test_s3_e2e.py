@@ -4,6 +4,7 @@ an outage mid-run, a second job with a live model's id, jobs that disagree."""
 import json
 import re
 import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +17,7 @@ from test_codistill_e2e import check_codistilled, loaded_from
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 INTERVAL = 5
+START_UPS = 2  # fairseq-train start-ups under a lease rewritten in a loop (tests/test_lease.py: 20 acquires)
 CODISTILL = TINY_TRAIN + ["--criterion", "codistill_ce", "--codistill-interval", str(INTERVAL),
                          "--codistill-alpha", "1"]
 
@@ -115,6 +117,29 @@ def test_a_live_models_id_or_a_disagreeing_job_fails_at_start_up(data_bin, tmp_p
         first.wait()
     record_figure("object store", "duplicate id, disagreeing num-models and topology",
                   f"{len(cases)} of {len(cases)} refused at start-up naming the flag")
+
+
+def test_fairseq_train_starts_while_another_model_rewrites_its_lease(data_bin, tmp_path, s3_url):
+    """The start-up race of leases, through fairseq-train: model 1 starts (and finishes)
+    while model 0's lease is rewritten as fast as the store takes it."""
+    from test_lease import RENEWER
+
+    stop = tmp_path / "stop"
+    renewer = subprocess.Popen([sys.executable, "-c", RENEWER, s3_url, str(stop)],
+                               stdout=subprocess.PIPE, text=True, env=cpu_env())
+    job = [tool("fairseq-train"), data_bin, *CODISTILL, "--task", "codistill_translation",
+           "--codistill-dir", s3_url, "--codistill-id", "1", "--max-update", "3"]
+    try:
+        for attempt in range(START_UPS):
+            run(job + ["--save-dir", tmp_path / f"m1-{attempt}"], timeout=120)
+            assert (tmp_path / f"m1-{attempt}" / "checkpoint_last.pt").is_file()
+    finally:
+        stop.touch()
+        out, _ = renewer.communicate(timeout=60)
+    assert renewer.returncode == 0 and int(out) > START_UPS
+    record_figure("object store", "fairseq-train start-ups of model 1 while model 0's lease is "
+                  "rewritten in a tight loop", f"{START_UPS}/{START_UPS} trained ({int(out)} "
+                  "rewrites meanwhile)")
 
 
 def test_a_missing_bucket_fails_before_training_naming_the_flag(data_bin, tmp_path, s3_server):
