@@ -59,6 +59,10 @@ def validate_config(cfg: CodistillCrossEntropyConfig) -> AlphaSchedule:
 
 @register_criterion("codistill_ce", dataclass=CodistillCrossEntropyConfig)
 class CodistillCrossEntropyCriterion(CrossEntropyCriterion):
+    # The task refuses, before training, a codistilling run whose criterion lacks this:
+    # without the penalty the models would share nothing.
+    uses_codistill_peers = True
+
     def __init__(self, task, cfg: CodistillCrossEntropyConfig):
         super().__init__(task, cfg.sentence_avg)
         self.schedule = validate_config(cfg)

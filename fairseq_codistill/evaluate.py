@@ -1,4 +1,4 @@
-"""eval.json from fairseq-generate output: sacrebleu BLEU and the validation NLL.
+"""eval.json from fairseq-generate output: sacrebleu BLEU and chrF, and the validation NLL.
 
     fairseq-generate DATA --path CKPT[:CKPT2...] --gen-subset test --post-process sentencepiece \\
         --user-dir fairseq_codistill > gen.txt
@@ -61,9 +61,11 @@ def corpus_bleu(hyps: Dict[int, str], references: List[str]) -> Dict[str, object
                          f"(first missing ids: {missing}): was generation cut short, or "
                          "run without --required-batch-size-multiple 1? (fairseq drops a last "
                          "batch smaller than that multiple, 8 by default)")
-    metric = sacrebleu.metrics.BLEU()
-    score = metric.corpus_score([hyps[i] for i in range(len(references))], [references])
-    return {"bleu": round(score.score, 2), "sacrebleu": str(metric.get_signature())}
+    ordered = [hyps[i] for i in range(len(references))]
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    return {"bleu": round(bleu.corpus_score(ordered, [references]).score, 2),
+            "chrf": round(chrf.corpus_score(ordered, [references]).score, 2),
+            "sacrebleu": str(bleu.get_signature()), "sacrebleu_chrf": str(chrf.get_signature())}
 
 
 def evaluate(generate_output: Optional[Path], reference: Optional[Path],

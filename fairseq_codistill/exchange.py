@@ -1,10 +1,14 @@
-"""The peer exchange's policy: when one model publishes its snapshot, when it reads its
+"""The exchange's policies: when one model publishes its snapshot, when it reads its
 peers', which version it uses, and what it tells the user when a peer is missing.
 
-The snapshot format is ``fairseq_codistill.snapshot``; where the bytes go (a directory,
-or an object store such as S3) is ``fairseq_codistill.storage``; who trains as which
-model is ``fairseq_codistill.lease``. No fairseq import: the NMT task and the vision
-trainer both drive a ``PeerExchange``.
+``Exchange`` holds what every policy shares: the store, this model's lease, publishing in
+the background, and closing. ``PeerExchange`` is codistillation's policy (``--codistill-method
+distill``): peers' newest snapshots are loaded as models, never waited for.
+``fairseq_codistill.averaging`` holds the policies that share weights instead (LocalSGD,
+DiLoCo). The snapshot format is ``fairseq_codistill.snapshot``; where the bytes go (a
+directory, or an object store such as S3) is ``fairseq_codistill.storage``; who trains as
+which model is ``fairseq_codistill.lease``. No fairseq import: the NMT task and the vision
+trainer both drive an exchange.
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ from fairseq_codistill.storage import Outage, model_prefix, open_store, replaced
 logger = logging.getLogger(__name__)
 
 TOPOLOGIES = ("all", "ring")
+# distill: codistillation (the peers' logits); localsgd, diloco: the models' weights.
+METHODS = ("distill", "localsgd", "diloco")
+AVERAGING_METHODS = ("localsgd", "diloco")
 # A peer with no snapshot after this many exchanges gets a warning at each exchange.
 SILENT_EXCHANGES = 3
 
@@ -77,6 +84,9 @@ class ExchangeConfig:
     max_staleness: int
     wait_for_peers: float
     max_lead: int
+    method: str = "distill"
+    outer_lr: float = 0.7  # diloco's outer SGD
+    outer_momentum: float = 0.9
 
     def validate(self, flag_prefix: str = "--codistill-") -> None:
         """Errors name the command-line flag (``--codistill-interval`` ...)."""
@@ -100,6 +110,21 @@ class ExchangeConfig:
         check(self.max_lead >= 0, "max-lead", f"must be >= 0 (got {self.max_lead})")
         check(self.max_lead == 0 or self.wait_for_peers > 0, "max-lead",
               "needs --codistill-wait-for-peers > 0: the most seconds to wait for a peer")
+        check(self.method in METHODS, "method", f"must be one of {METHODS} (got {self.method!r})")
+        if self.method in AVERAGING_METHODS:
+            check(self.wait_for_peers > 0, "wait-for-peers",
+                  f"must be > 0 with --codistill-method {self.method}: the most seconds each "
+                  "averaging step waits for the other models' snapshots (e.g. 600)")
+            check(self.topology == "all", "topology",
+                  f"{self.topology} applies to --codistill-method distill only: "
+                  f"{self.method} averages every model")
+            check(self.max_lead == 0 and self.max_staleness == 0,
+                  "max-lead" if self.max_lead else "max-staleness",
+                  f"applies to --codistill-method distill only: {self.method} waits for "
+                  "every model at each averaging step")
+        check(0 < self.outer_lr, "outer-lr", f"must be > 0 (got {self.outer_lr})")
+        check(0 <= self.outer_momentum < 1, "outer-momentum",
+              f"must be in [0, 1) (got {self.outer_momentum})")
 
 
 def check_exchange_dir(root) -> None:
@@ -119,44 +144,29 @@ class _Peer:
     resumed_from: int = -1  # the version we used before a restart (our checkpoint's)
 
 
-class PeerExchange:
-    """Publishes one model's snapshots and holds its peers' newest weights.
-
-    Call ``step(num_updates, model)`` once before every update (a repeated call with the
-    same ``num_updates``, as under ``--update-freq``, does nothing new). Every
-    ``interval`` updates it publishes ``model`` (writer rank only) and looks for newer
-    peer snapshots, which a background thread reads and verifies; they are swapped in
-    at the first later ``step`` where every rank has them, so the ranks of one
-    data-parallel job always use the same peer version at the same update.
+class Exchange:
+    """What every policy shares: this model's store and lease, its snapshots published in
+    the background (writer rank only), the store's outages, and closing.
 
     The writer rank holds this model's lease (``fairseq_codistill.lease``) from
     construction to ``close``; constructing fails, naming the flag, when another live
-    job holds the same id or disagrees on the number of models or the topology.
-
-    ``build_peer(meta)`` makes an empty peer model from a snapshot's metadata and
-    ``check_peer(meta)`` raises ``SnapshotError`` for an incompatible one (another
-    vocabulary); both are the caller's, since only the caller knows its models.
+    job holds the same id or disagrees on the number of models, the topology or the method.
     """
 
-    def __init__(self, cfg: ExchangeConfig, build_peer: Callable[[dict], torch.nn.Module],
-                 meta: Optional[dict] = None, check_peer: Optional[Callable[[dict], None]] = None,
-                 group=None):
+    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None):
         cfg.validate()
         self.cfg = cfg
         self.store = open_store(cfg.root)
-        self.build_peer, self.check_peer = build_peer, check_peer
         self.meta = meta or {}
         self.group = group
         self.rank, self.world = _rank_world(group)
         self.is_writer = self.rank == 0
-        self.peers: Dict[int, _Peer] = {j: _Peer() for j in peer_ids(cfg.model_id, cfg.num_models, cfg.topology)}
+        self.peer_ids = peer_ids(cfg.model_id, cfg.num_models, cfg.topology)
         self.bytes_read = 0  # by this rank, from peers' snapshots
         self.num_loads = 0
         self.last_step = -1
         self.last_published = -1
         self._started = False
-        self._waited = False
-        self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
         self._outage = Outage()  # of self.store, as this exchange's lists, writes and reads see it
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-read")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="codistill-write")
@@ -164,70 +174,46 @@ class PeerExchange:
         self.lease: Optional[leases.LeaseHolder] = None
         self._closed = False
         if self.is_writer:
-            self.lease = leases.acquire(self.store, cfg.model_id, cfg.num_models, cfg.topology)
+            self.lease = leases.acquire(self.store, cfg.model_id, cfg.num_models, cfg.topology,
+                                        method=cfg.method)
             self.store.clean(model_prefix(cfg.model_id))
         _OPEN.add(self)
 
-    # -- the per-update hook ---------------------------------------------------------
-    def step(self, num_updates: int, model: torch.nn.Module) -> None:
+    def _begin(self, num_updates: int) -> bool:
+        """Once per update (a repeated call with the same ``num_updates``, as under
+        ``--update-freq``, is False); the first also tidies up after a resume."""
         if num_updates == self.last_step:
-            return
+            return False
         self.last_step = num_updates
         if not self._started and self.is_writer:
             self._drop_future_snapshots(num_updates)
-        exchange_point = num_updates % self.cfg.interval == 0
-        if exchange_point and num_updates > 0 and num_updates > self.last_published:
-            self.publish(num_updates, model)
-        if exchange_point or not self._started:
-            # Wait at the first look where peers can have published (update K of a fresh
-            # run, the start of a resumed one) and, with max_lead, at every exchange.
-            wait = 0.0
-            if num_updates >= self.cfg.interval and (not self._waited or self.cfg.max_lead):
-                wait, self._waited = self.cfg.wait_for_peers, True
-            self._poll(num_updates, wait=wait)
-            self._started = True
-        if any(p.pending is not None for p in self.peers.values()):
-            self._swap_ready(model)
+        return True
 
     def _drop_future_snapshots(self, num_updates: int) -> None:
-        """A job resumed from a checkpoint older than its last snapshot: those newer
-        snapshots belong to the lost run and, numbered higher, would outlive the new ones."""
+        """A job resumed from a checkpoint at update U: its snapshots from U on belong to
+        the lost run (the one at U was published after that checkpoint was saved) and,
+        numbered higher, would outlive the new ones."""
         try:
             for info in list_snapshots(self.store, self.cfg.model_id):
-                if info.num_updates > num_updates:
+                if info.num_updates >= num_updates > 0:
                     self.store.delete(info.key)
                     logger.info("codistill: removed %s, published after the checkpoint this "
                                 "job resumed from", info.key)
         except Exception as e:  # storage trouble must not stop training
             logger.warning("codistill: could not tidy %s: %s", self.store.url, e)
 
-    def active_peers(self, num_updates: Optional[int] = None) -> List[torch.nn.Module]:
-        """Peer models to distil from now: loaded, and not staler than allowed. Run them
-        under ``torch.inference_mode()``: that is what keeps them out of autograd."""
-        num_updates = self.last_step if num_updates is None else num_updates
-        out = []
-        for p in self.peers.values():
-            if p.model is None:
-                continue
-            if self.cfg.max_staleness and num_updates - p.num_updates > self.cfg.max_staleness:
-                continue
-            out.append(p.model)
-        return out
-
-    def staleness(self) -> Optional[float]:
-        """Our update minus the peer snapshot's update, mean over loaded peers."""
-        loaded = [self.last_step - p.num_updates for p in self.peers.values() if p.model is not None]
-        return sum(loaded) / len(loaded) if loaded else None
-
     # -- publishing ------------------------------------------------------------------
-    def publish(self, num_updates: int, model: torch.nn.Module) -> None:
-        """Snapshot ``model`` now; the file is written in the background (writer rank only)."""
+    def publish(self, num_updates: int, state: Dict[str, torch.Tensor]) -> None:
+        """Snapshot ``state`` (a model's state dict, or the weights to average) now; the
+        file is written in the background (writer rank only)."""
         self.last_published = num_updates
-        if not self.is_writer:
-            return
+        if self.is_writer:
+            self._queue_write(num_updates, cast_state_dict(state, self.cfg.dtype))  # the weights *now*
+
+    def _queue_write(self, num_updates: int, cast: Dict[str, torch.Tensor]) -> None:
+        """Write ``cast`` (CPU copies in the snapshot dtype) in the background."""
         self.wait_for_write()  # one write at a time; back-pressure if storage is slow
-        state = cast_state_dict(model.state_dict(), self.cfg.dtype)  # the weights *now*
-        self._write_future = self._writer.submit(self._write, num_updates, state)
+        self._write_future = self._writer.submit(self._write, num_updates, cast)
 
     def _write(self, num_updates, state):
         try:
@@ -253,6 +239,138 @@ class PeerExchange:
             self._write_future.result()
             self._write_future = None
 
+    def _store_answers(self) -> None:
+        """A list or write succeeded: say so once if the last store access failed."""
+        if self._outage.answered():
+            logger.info("codistill: %s answers again", self.store.url)
+
+    def _warn_missing_peers(self, num_updates: int, silent: List[int]) -> None:
+        """At each exchange: a warning for every peer with no snapshot after
+        ``SILENT_EXCHANGES`` exchanges; the other peers' leases are checked in the background."""
+        if silent and num_updates >= SILENT_EXCHANGES * self.cfg.interval:
+            logger.warning(
+                "codistill: model(s) %s have not published a snapshot after %d exchanges "
+                "(update %d): this model trains without them. Are they running, with "
+                "--codistill-dir %s and --codistill-num-models %d?", silent,
+                num_updates // self.cfg.interval, num_updates, self.store.url, self.cfg.num_models)
+        self._reader.submit(self._check_leases, [j for j in self.peer_ids if j not in silent])
+
+    def _check_leases(self, ids: List[int]) -> None:
+        """Background thread: a warning for every peer whose lease went stale."""
+        for j in ids:
+            try:
+                lease = leases.read_lease(self.store, j)
+            except Exception:
+                return  # the store is down: the listing has warned already
+            if lease is not None and not lease.finished and not lease.live():
+                logger.warning("codistill: model %d's lease is stale (renewed %.0fs ago by %s): "
+                               "its job may be dead; %s", j, lease.age(), lease.who(),
+                               self._without(j))
+
+    def _without(self, peer_id: int) -> str:
+        """What training does without peer ``peer_id``, for the stale-lease warning."""
+        return "training goes on"
+
+    def metrics(self) -> Dict[str, float]:
+        """What the training log shows: ``codistill_bytes``, bytes read from peers so far."""
+        return {"codistill_bytes": self.bytes_read}
+
+    def state_dict(self) -> dict:
+        return {"last_published": self.last_published, "bytes_read": self.bytes_read,
+                "num_loads": self.num_loads}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_published = int(state.get("last_published", -1))
+        self.bytes_read = int(state.get("bytes_read", 0))
+        self.num_loads = int(state.get("num_loads", 0))
+
+    def close(self) -> None:
+        """Finish the last write, mark the lease finished, and say so if this model never
+        had a peer. Idempotent; also runs at interpreter exit."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
+        self.wait_for_write()
+        self._reader.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)
+        if self.lease is not None:
+            self.lease.release()
+        if self.is_writer and self.last_step >= self.cfg.interval and self.num_loads == 0:
+            logger.warning("codistill: model %d %s (%d updates; were the other models "
+                           "running, with --codistill-dir %s?)", self.cfg.model_id,
+                           self._never_had_a_peer(), self.last_step, self.store.url)
+
+    def _never_had_a_peer(self) -> str:
+        raise NotImplementedError
+
+
+class PeerExchange(Exchange):
+    """Publishes one model's snapshots and holds its peers' newest weights
+    (``--codistill-method distill``).
+
+    Call ``step(num_updates, model)`` once before every update (a repeated call with the
+    same ``num_updates``, as under ``--update-freq``, does nothing new). Every
+    ``interval`` updates it publishes ``model`` (writer rank only) and looks for newer
+    peer snapshots, which a background thread reads and verifies; they are swapped in
+    at the first later ``step`` where every rank has them, so the ranks of one
+    data-parallel job always use the same peer version at the same update.
+
+    ``build_peer(meta)`` makes an empty peer model from a snapshot's metadata and
+    ``check_peer(meta)`` raises ``SnapshotError`` for an incompatible one (another
+    vocabulary); both are the caller's, since only the caller knows its models.
+    """
+
+    def __init__(self, cfg: ExchangeConfig, build_peer: Callable[[dict], torch.nn.Module],
+                 meta: Optional[dict] = None, check_peer: Optional[Callable[[dict], None]] = None,
+                 group=None):
+        super().__init__(cfg, meta, group)
+        self.build_peer, self.check_peer = build_peer, check_peer
+        self.peers: Dict[int, _Peer] = {j: _Peer() for j in self.peer_ids}
+        self._waited = False
+        self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
+
+    # -- the per-update hook ---------------------------------------------------------
+    def step(self, num_updates: int, model: torch.nn.Module) -> None:
+        if not self._begin(num_updates):
+            return
+        exchange_point = num_updates % self.cfg.interval == 0
+        if exchange_point and num_updates > 0 and num_updates > self.last_published:
+            self.publish(num_updates, model.state_dict())
+        if exchange_point or not self._started:
+            # Wait at the first look where peers can have published (update K of a fresh
+            # run, the start of a resumed one) and, with max_lead, at every exchange.
+            wait = 0.0
+            if num_updates >= self.cfg.interval and (not self._waited or self.cfg.max_lead):
+                wait, self._waited = self.cfg.wait_for_peers, True
+            self._poll(num_updates, wait=wait)
+            self._started = True
+        if any(p.pending is not None for p in self.peers.values()):
+            self._swap_ready(model)
+
+    def active_peers(self, num_updates: Optional[int] = None) -> List[torch.nn.Module]:
+        """Peer models to distil from now: loaded, and not staler than allowed. Run them
+        under ``torch.inference_mode()``: that is what keeps them out of autograd."""
+        num_updates = self.last_step if num_updates is None else num_updates
+        out = []
+        for p in self.peers.values():
+            if p.model is None:
+                continue
+            if self.cfg.max_staleness and num_updates - p.num_updates > self.cfg.max_staleness:
+                continue
+            out.append(p.model)
+        return out
+
+    def staleness(self) -> Optional[float]:
+        """Our update minus the peer snapshot's update, mean over loaded peers."""
+        loaded = [self.last_step - p.num_updates for p in self.peers.values() if p.model is not None]
+        return sum(loaded) / len(loaded) if loaded else None
+
+    def metrics(self) -> Dict[str, float]:
+        """Also ``peer_staleness``: our update minus the peer snapshot's, mean over peers."""
+        staleness = self.staleness()
+        return {**super().metrics(), **({} if staleness is None else {"peer_staleness": staleness})}
+
     # -- reading ---------------------------------------------------------------------
     def _poll(self, num_updates: int, wait: float = 0.0) -> None:
         """Choose (on rank 0) and start loading the newest snapshot of each peer."""
@@ -272,8 +390,9 @@ class PeerExchange:
                 for j in lagging:
                     self._given_up[j] = self._newest_known(j, choice)
             if num_updates % self.cfg.interval == 0:
-                self._warn_missing_peers(num_updates, choice)
-        choice = _broadcast(choice, self.group, self.world)
+                self._warn_missing_peers(
+                    num_updates, [j for j in self.peers if self._newest_known(j, choice) < 0])
+        choice = broadcast_from_rank0(choice, self.group, self.world)
         for j, (updates, key) in choice.items():
             peer = self.peers[int(j)]
             if peer.pending is not None:
@@ -281,29 +400,8 @@ class PeerExchange:
             peer.pending = self._reader.submit(self._load, int(j), key)
             peer.pending_updates, peer.pending_key = updates, key
 
-    def _warn_missing_peers(self, num_updates: int, choice: dict) -> None:
-        """At each exchange: a warning for every peer with no snapshot after
-        ``SILENT_EXCHANGES`` exchanges; the peers' leases are checked in the background."""
-        silent = [j for j in self.peers if self._newest_known(j, choice) < 0]
-        if silent and num_updates >= SILENT_EXCHANGES * self.cfg.interval:
-            logger.warning(
-                "codistill: model(s) %s have not published a snapshot after %d exchanges "
-                "(update %d): this model trains without them. Are they running, with "
-                "--codistill-dir %s and --codistill-num-models %d?", silent,
-                num_updates // self.cfg.interval, num_updates, self.store.url, self.cfg.num_models)
-        self._reader.submit(self._check_leases, [j for j in self.peers if j not in silent])
-
-    def _check_leases(self, ids: List[int]) -> None:
-        """Background thread: a warning for every peer whose lease went stale."""
-        for j in ids:
-            try:
-                lease = leases.read_lease(self.store, j)
-            except Exception:
-                return  # the store is down: the listing has warned already
-            if lease is not None and not lease.finished and not lease.live():
-                logger.warning("codistill: model %d's lease is stale (renewed %.0fs ago by %s): "
-                               "its job may be dead; training goes on with its snapshot from "
-                               "update %d", j, lease.age(), lease.who(), self.peers[j].num_updates)
+    def _without(self, peer_id: int) -> str:
+        return f"training goes on with its snapshot from update {self.peers[peer_id].num_updates}"
 
     def _newest_known(self, j: int, choice: dict) -> int:
         peer = self.peers[j]
@@ -341,11 +439,6 @@ class PeerExchange:
         self._store_answers()
         return choice
 
-    def _store_answers(self) -> None:
-        """A list or write succeeded: say so once if the last store access failed."""
-        if self._outage.answered():
-            logger.info("codistill: %s answers again", self.store.url)
-
     def _load(self, peer_id: int, key: str) -> Optional[Snapshot]:
         """Background thread: read, verify and check one snapshot; None if unusable."""
         try:
@@ -380,7 +473,7 @@ class PeerExchange:
         # 1 = loaded, 0 = still loading, -1 = failed; every rank acts on the minimum.
         status = [(-1 if p.pending.result() is None else 1) if p.pending.done() else 0
                   for p in (self.peers[j] for j in ids)]
-        status = _all_min(status, self.group, self.world, model)
+        status = all_ranks_min(status, self.group, self.world, next(model.parameters()).device)
         for j, s in zip(ids, status):
             peer = self.peers[j]
             if s == 0:
@@ -422,19 +515,13 @@ class PeerExchange:
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {
-            "peer_versions": {str(j): p.num_updates for j, p in self.peers.items()},
-            "last_published": self.last_published,
-            "bytes_read": self.bytes_read,
-            "num_loads": self.num_loads,
-        }
+        return {**super().state_dict(),
+                "peer_versions": {str(j): p.num_updates for j, p in self.peers.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Counters resume; peer weights are re-read from the newest snapshots, and a
         peer found at an older version than before says that it went back."""
-        self.last_published = int(state.get("last_published", -1))
-        self.bytes_read = int(state.get("bytes_read", 0))
-        self.num_loads = int(state.get("num_loads", 0))
+        super().load_state_dict(state)
         for j, version in (state.get("peer_versions") or {}).items():
             if int(j) in self.peers:
                 self.peers[int(j)].resumed_from = int(version)
@@ -444,23 +531,9 @@ class PeerExchange:
         return {j: p.num_updates if p.model is not None else p.resumed_from
                 for j, p in self.peers.items()}
 
-    def close(self) -> None:
-        """Finish the last write, mark the lease finished, and say so if this model never
-        had a peer. Idempotent; also runs at interpreter exit."""
-        if self._closed:
-            return
-        self._closed = True
-        _OPEN.discard(self)
-        self.wait_for_write()
-        self._reader.shutdown(wait=True, cancel_futures=True)
-        self._writer.shutdown(wait=True)
-        if self.lease is not None:
-            self.lease.release()
-        if self.is_writer and self.last_step >= self.cfg.interval and self.num_loads == 0:
-            logger.warning(
-                "codistill: model %d trained without any peer: no peer snapshot was loaded in "
-                "%d updates, so its penalty was 0 throughout (were the other models running, "
-                "with --codistill-dir %s?)", self.cfg.model_id, self.last_step, self.store.url)
+    def _never_had_a_peer(self) -> str:
+        return ("trained without any peer: no peer snapshot was loaded, so its penalty was 0 "
+                "throughout")
 
 
 def place_peer(peer: torch.nn.Module, like: torch.Tensor, dtype: str) -> torch.nn.Module:
@@ -475,7 +548,7 @@ def _rank_world(group):
     return 0, 1
 
 
-def _broadcast(obj, group, world):
+def broadcast_from_rank0(obj, group, world):
     if world == 1:
         return obj
     box = [obj]
@@ -484,10 +557,10 @@ def _broadcast(obj, group, world):
     return box[0]
 
 
-def _all_min(values: Sequence[int], group, world, model) -> List[int]:
+def all_ranks_min(values: Sequence[int], group, world, device: torch.device) -> List[int]:
+    """The elementwise minimum over the ranks of ``group``; ``device``: where the model is."""
     if world == 1:
         return list(values)
-    device = next(model.parameters()).device
     if torch.distributed.get_backend(group) == "nccl" and device.type != "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     t = torch.tensor(list(values), dtype=torch.int64, device=device)

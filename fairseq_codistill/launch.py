@@ -13,6 +13,7 @@ finished cleanly.
 import argparse
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -27,6 +28,10 @@ from fairseq_codistill import logs
 from fairseq_codistill.storage import atomic_write, open_store
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent)
+# Criteria that apply the penalty against the peers; with --codistill-method distill (the
+# default) any other would train the models alone while they exchange snapshots.
+PEER_CRITERIA = ("codistill_ce",)
+AVERAGING_METHODS = ("localsgd", "diloco")  # fairseq_codistill.exchange's, without importing torch
 # Flags the launcher owns: one value per job, so the user must not pass them.
 OWNED_FLAGS = ("--codistill-id", "--codistill-num-models", "--codistill-dir", "--save-dir")
 
@@ -53,6 +58,10 @@ def parse_args(argv: Optional[List[str]] = None):
                              "each (small models of a study sharing one GPU)")
     parser.add_argument("--threads-per-model", type=int, default=None,
                         help="CPU jobs: OMP/MKL threads each (default: cores // num-models)")
+    parser.add_argument("--model-args", nargs=2, action="append", default=[], metavar=("I", "ARGS"),
+                        help="more fairseq-train arguments for model I alone, such as another "
+                             "architecture: --model-args 1 '--encoder-layers 6 --decoder-layers 6' "
+                             "(they come last, so they win); repeatable")
     parser.add_argument("--restart-failed", action="store_true",
                         help="restart a job that dies; it resumes from its checkpoint_last.pt")
     parser.add_argument("--max-restarts", type=int, default=3,
@@ -75,10 +84,24 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error(f"--threads-per-model must be >= 1 (got {args.threads_per_model})")
     if not train_args:
         parser.error("fairseq-train arguments are missing: put them after '--'")
+    model_args = {}
+    for index, extra in args.model_args:
+        if not index.isdigit() or int(index) >= args.num_models:
+            parser.error(f"--model-args {index}: not a model id in [0, --num-models={args.num_models})")
+        model_args.setdefault(int(index), []).extend(shlex.split(extra))
+    args.model_args = model_args
     for flag in OWNED_FLAGS:
         if any(a == flag or a.startswith(flag + "=") for a in train_args):
             parser.error(f"{flag} is set by the launcher for each job; pass the launcher's "
                          f"own --codistill-dir/--save-dir/--num-models instead")
+    method = flag_value(train_args, "--codistill-method") or "distill"
+    criterion = flag_value(train_args, "--criterion")
+    if method not in AVERAGING_METHODS and criterion not in PEER_CRITERIA:
+        parser.error(f"--criterion {criterion or 'cross_entropy (fairseq default)'} ignores "
+                     f"the peers: with --codistill-method {method} the models share only their "
+                     "logits, through the criterion's penalty, so each would train alone. Add "
+                     "--criterion codistill_ce to the fairseq-train arguments, or use "
+                     "--codistill-method localsgd or diloco to share weights with any criterion")
     return args, train_args
 
 
@@ -179,7 +202,8 @@ def build_jobs(args, train_args: List[str]) -> List[Job]:
         save_dir = Path(args.save_dir) / f"model{i}"
         cmd = [executable, *common,
                "--codistill-dir", args.codistill_dir, "--codistill-id", str(i),
-               "--codistill-num-models", str(args.num_models), "--save-dir", str(save_dir)]
+               "--codistill-num-models", str(args.num_models), "--save-dir", str(save_dir),
+               *args.model_args.get(i, [])]
         env = dict(os.environ)
         if gpus_per_model == 0:
             if not has_flag(cmd, "--cpu"):

@@ -1,7 +1,7 @@
 """Membership: each model keeps a lease in the store, so mistakes show at start-up.
 
 ``model{i}/lease.json`` says who trains as model i: host, pid, SLURM job, start time,
-``--codistill-num-models``, ``--codistill-topology``, and a heartbeat that the owner
+``--codistill-num-models``, ``--codistill-topology``, ``--codistill-method``, and a heartbeat that the owner
 renews every ``HEARTBEAT`` seconds and at every exchange. A lease is live while its
 heartbeat is younger than its ``ttl``; a job that crashed stops renewing it, so its
 lease lapses and a restart is not blocked (at once on the same host, where the dead
@@ -11,7 +11,9 @@ finished: a restart may take it at once and peers do not warn about it.
 At start-up (``acquire``) a job fails, naming the flag, when
 - a live lease holds its ``--codistill-id`` (two jobs started as the same model would
   overwrite each other's snapshots and both train without a peer), or
-- a live model disagrees on ``--codistill-num-models`` or ``--codistill-topology``.
+- a live model disagrees on ``--codistill-num-models``, ``--codistill-topology`` or
+  ``--codistill-method`` (a model that averages weights beside one that distils would
+  wait for snapshots the other never averages).
 
 Clocks: liveness compares the reader's clock with the owner's heartbeat, so hosts'
 clocks must agree to well within ``ttl`` (NTP keeps them within a second).
@@ -62,6 +64,7 @@ class Lease:
     num_updates: int = 0
     ttl: float = TTL
     finished: bool = False
+    method: str = "distill"  # a lease written before the methods came is a distilling one
 
     def age(self, now: Optional[float] = None) -> float:
         return (time.time() if now is None else now) - self.heartbeat
@@ -172,14 +175,14 @@ class LeaseHolder:
 
 
 def acquire(store: Store, model_id: int, num_models: int, topology: str,
-            heartbeat: float = HEARTBEAT, ttl: float = TTL) -> LeaseHolder:
+            heartbeat: float = HEARTBEAT, ttl: float = TTL, method: str = "distill") -> LeaseHolder:
     """Check membership against the live leases in ``store`` and take model
     ``model_id``'s lease; ``ValueError`` naming the flag on a conflict, or naming
     --codistill-dir when the store keeps failing."""
     token = uuid.uuid4().hex  # one for every attempt: a lease an attempt wrote is ours
     for attempt in range(1, START_ATTEMPTS + 1):
         try:
-            return _acquire(store, model_id, num_models, topology, heartbeat, ttl, token)
+            return _acquire(store, model_id, num_models, topology, method, heartbeat, ttl, token)
         except ValueError:
             raise  # a conflict, named by its flag
         except Exception as e:  # the store failed: it may answer a moment later
@@ -194,8 +197,8 @@ def acquire(store: Store, model_id: int, num_models: int, topology: str,
     raise AssertionError("unreachable")
 
 
-def _acquire(store: Store, model_id: int, num_models: int, topology: str, heartbeat: float,
-             ttl: float, token: str, retry: bool = True) -> LeaseHolder:
+def _acquire(store: Store, model_id: int, num_models: int, topology: str, method: str,
+             heartbeat: float, ttl: float, token: str, retry: bool = True) -> LeaseHolder:
     now, job = time.time(), os.environ.get("SLURM_JOB_ID", "")
     leases = read_leases(store)
     own = leases.pop(model_id, None)
@@ -212,7 +215,8 @@ def _acquire(store: Store, model_id: int, num_models: int, topology: str, heartb
         if not other.live(now):
             continue
         for flag, ours, theirs in (("--codistill-num-models", num_models, other.num_models),
-                                   ("--codistill-topology", topology, other.topology)):
+                                   ("--codistill-topology", topology, other.topology),
+                                   ("--codistill-method", method, other.method)):
             if ours != theirs:
                 raise ValueError(
                     f"{flag} {ours} disagrees with model {j} ({other.who()}), which trains "
@@ -225,7 +229,7 @@ def _acquire(store: Store, model_id: int, num_models: int, topology: str, heartb
     lease = Lease(model_id=model_id, host=socket.gethostname(), pid=os.getpid(),
                   job=job, token=token,
                   started=now, heartbeat=now, num_models=num_models, topology=topology,
-                  ttl=ttl)
+                  ttl=ttl, method=method)
     try:
         # Create-only when there is no lease: of two jobs started at once, one fails here.
         _write(store, lease, create_only=own is None)
@@ -234,7 +238,8 @@ def _acquire(store: Store, model_id: int, num_models: int, topology: str, heartb
             raise ValueError(f"--codistill-id {model_id}: {store.url}/{lease_key(model_id)} "
                              "exists but cannot be read; delete it if no job trains as model "
                              f"{model_id}") from None
-        return _acquire(store, model_id, num_models, topology, heartbeat, ttl, token, retry=False)
+        return _acquire(store, model_id, num_models, topology, method, heartbeat, ttl, token,
+                        retry=False)
     if own is not None and not ours:
         logger.info("codistill: took over model %d's lease from %s (%s)", model_id, own.who(),
                     "finished" if own.finished else f"stale for {own.age(now):.0f}s")

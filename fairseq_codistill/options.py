@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
-from fairseq_codistill.exchange import TOPOLOGIES, ExchangeConfig
+from fairseq_codistill.exchange import METHODS, TOPOLOGIES, ExchangeConfig
 from fairseq_codistill.snapshot import SNAPSHOT_DTYPES
 from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule
 from fairseq_codistill.precision import PEER_DTYPES
@@ -86,12 +86,27 @@ MAX_STALENESS = Option("codistill_max_staleness", int, 0, "drop a peer whose sna
 WAIT_FOR_PEERS = Option("codistill_wait_for_peers", float, 0.0, "seconds to wait, at the first "
                         "exchange, for peers that have not published yet (otherwise train at "
                         "alpha 0 until they do); with --codistill-max-lead, the most to wait at "
-                        "each exchange")
+                        "each exchange; with --codistill-method localsgd or diloco (required "
+                        "there), the most to wait at each averaging step before averaging the "
+                        "models present")
 MAX_LEAD = Option("codistill_max_lead", int, 0, "at each exchange, wait until every peer has a "
                   "snapshot at most this many updates behind ours (stale-synchronous: bounds "
                   "peer_staleness by lead + interval); a peer that misses "
                   "--codistill-wait-for-peers is not waited for again until it publishes; "
                   "0 = never wait")
+METHOD = Option(
+    "codistill_method", str, "distill",
+    "what the models share every --codistill-interval updates, one model's weights each "
+    "way: distill, the peers' logits as a penalty (codistillation; needs --criterion "
+    "codistill_ce, and its models may differ in architecture); localsgd, the mean of the "
+    "models' weights (Lin et al. 2020); diloco, an outer Nesterov step on the mean of the "
+    "models' changes (Douillard et al. 2023). localsgd and diloco wait for every model at "
+    "each averaging step (--codistill-wait-for-peers), start all models from the same "
+    "initial weights, and take any criterion", choices=METHODS)
+OUTER_LR = Option("codistill_outer_lr", float, 0.7, "diloco: learning rate of the outer SGD "
+                  "step on the shared weights; 0.7 is DiLoCo's (1 with no momentum is localsgd)")
+OUTER_MOMENTUM = Option("codistill_outer_momentum", float, 0.9, "diloco: Nesterov momentum of "
+                        "the outer SGD step; 0.9 is DiLoCo's")
 
 # -- alpha and the penalty (AlphaSchedule and check_penalty check these) ----------------
 ALPHA = Option("codistill_alpha", float, 0.1, "weight of the codistillation penalty (initial "
@@ -117,7 +132,7 @@ TEMPERATURE = Option("codistill_temperature", float, 1.0,
                      "softmax temperature of --codistill-loss kl")
 
 EXCHANGE_OPTIONS = (DIR, ID, NUM_MODELS, TOPOLOGY, INTERVAL, SNAPSHOT_DTYPE, PEER_DTYPE,
-                    MAX_STALENESS, WAIT_FOR_PEERS, MAX_LEAD)
+                    MAX_STALENESS, WAIT_FOR_PEERS, MAX_LEAD, METHOD, OUTER_LR, OUTER_MOMENTUM)
 PENALTY_OPTIONS = (ALPHA, ALPHA_SCHEDULE, GAMMA, ALPHA_MAX, BURN_IN_UPDATES, LOSS, TEMPERATURE)
 ALL_OPTIONS = EXCHANGE_OPTIONS + PENALTY_OPTIONS
 
@@ -166,6 +181,9 @@ def exchange_config(cfg) -> ExchangeConfig:
         max_staleness=cfg.codistill_max_staleness,
         wait_for_peers=cfg.codistill_wait_for_peers,
         max_lead=cfg.codistill_max_lead,
+        method=str(cfg.codistill_method),
+        outer_lr=cfg.codistill_outer_lr,
+        outer_momentum=cfg.codistill_outer_momentum,
     )
 
 

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_codistill.report import Series, curve, human_seconds, load_run, wall_seconds
 
-KINDS = ("baseline", "control", "codistill")
+KINDS = ("baseline", "control", "codistill", "localsgd", "diloco")
 # Parameters that tell two codistill configurations apart, in the order of the table.
 KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot")
 # A knob a run's study.json may lack (written before the knob existed): its value then.

@@ -1,10 +1,12 @@
 """The ``codistill_translation`` task: fairseq's ``translation`` plus a peer exchange.
 
 Each codistilling model is an ordinary fairseq-train job with this task. Before every
-update the task lets its ``PeerExchange`` publish our weights and swap in newer peer
-weights (every ``--codistill-interval`` updates), and tells the criterion where
-training stands so that alpha follows its schedule. The criterion asks the task for
-the peers through ``codistill_peers()``.
+update the task lets its exchange act (every ``--codistill-interval`` updates): with
+``--codistill-method distill`` a ``PeerExchange`` publishes our weights and swaps in newer
+peer weights, and the task tells the criterion where training stands so that alpha
+follows its schedule; the criterion asks the task for the peers through
+``codistill_peers()``. With ``localsgd`` or ``diloco`` a ``WeightAveraging`` averages the
+weights the optimizer steps (fp32 master copies under ``--fp16``/``--bf16``).
 """
 import argparse
 import hashlib
@@ -12,11 +14,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from fairseq import models, utils
+from fairseq.data import data_utils
 from fairseq.dataclass import ChoiceEnum
 from fairseq.distributed import utils as distributed_utils
 from fairseq.logging import metrics
@@ -30,7 +33,8 @@ from fairseq_codistill.checkpoints import (
     repair_checkpoint_last,
 )
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import PeerExchange, check_exchange_dir
+from fairseq_codistill.averaging import WeightAveraging
+from fairseq_codistill.exchange import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
 from fairseq_codistill.snapshot import SnapshotError
 from fairseq_codistill.options import exchange_config
 
@@ -57,6 +61,9 @@ class CodistillTranslationConfig(TranslationConfig):
     codistill_max_staleness: int = opts.MAX_STALENESS.field()
     codistill_wait_for_peers: float = opts.WAIT_FOR_PEERS.field()
     codistill_max_lead: int = opts.MAX_LEAD.field()
+    codistill_method: ChoiceEnum(opts.METHOD.choices) = opts.METHOD.field()
+    codistill_outer_lr: float = opts.OUTER_LR.field()
+    codistill_outer_momentum: float = opts.OUTER_MOMENTUM.field()
     log_interval: int = II("common.log_interval")
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
@@ -86,25 +93,82 @@ def dictionary_fingerprint(dictionary) -> str:
     return hashlib.sha1("\n".join(dictionary.symbols).encode()).hexdigest()[:12]
 
 
+def trained_weights(model, optimizer) -> Dict[str, torch.Tensor]:
+    """The tensors the optimizer steps, by parameter name, and the model's floating
+    buffers: what the models average. Under --fp16/--bf16 fairseq's FP16Optimizer steps
+    fp32 master copies of the half-precision parameters (``fp32_params``, flat per device
+    or one per parameter, in the order of ``fp16_params``); elsewhere the parameters are
+    their own masters."""
+    out = {n: b for n, b in model.named_buffers() if b.is_floating_point()}
+    masters = _fp32_masters(optimizer)
+    for name, p in model.named_parameters():  # a tied weight once
+        out[name] = masters.get(id(p), p.data)
+    return out
+
+
+def _fp32_masters(optimizer) -> Dict[int, torch.Tensor]:
+    """id(half-precision parameter) -> its fp32 master copy; {} without mixed precision."""
+    fp32 = getattr(optimizer, "fp32_params", None)
+    if fp32 is None:
+        return {}
+    halves = optimizer.fp16_params
+    if not optimizer.has_flat_params:
+        return {id(p): p32.data for p, p32 in zip(halves, fp32)}
+    out = {}
+    for device, flat in fp32.items():  # as FP16Optimizer._sync_fp32_params_to_fp16 walks it
+        offset = 0
+        for p in (p for p in halves if p.device.index == device):
+            out[id(p)] = flat.data[offset:offset + p.numel()].view_as(p.data)
+            offset += p.numel()
+    return out
+
+
+def sync_half_precision_copy(optimizer) -> None:
+    """After the fp32 masters changed: copy them into the half-precision model, as the
+    FP16Optimizer does after each step."""
+    if getattr(optimizer, "fp32_params", None) is not None:
+        optimizer._sync_fp32_params_to_fp16()
+
+
+def check_whole_weights(cfg) -> None:
+    """Rank 0 publishes its weights as the model's: with a sharded model they would be one
+    shard. Refused before training (gathering the shards for every snapshot is not built)."""
+    root = cfg._get_root() if isinstance(cfg, DictConfig) else None
+    backend = root.distributed_training.ddp_backend if root is not None and \
+        "distributed_training" in root else None
+    if str(backend) == "fully_sharded":
+        raise ValueError(
+            "--ddp-backend fully_sharded shards each model's weights over its ranks, and rank 0 "
+            "would publish its shard as if it were the whole model: codistilled models train "
+            "with --ddp-backend c10d (GPUs) or legacy_ddp (CPUs)")
+
+
 def offset_seed(cfg) -> None:
-    """Model i trains with --seed S + i: its own initial weights, batch order and dropout.
+    """Model i trains with --seed S + i: its own batch order and dropout and, when the
+    models codistill, its own initial weights.
 
     The paper's models each train on their own stream of mini-batches; with one seed for
     all, n jobs would start from the same weights and read the same batches in the same
     order, and each peer would be a stale copy of the model itself (measured here: the two
     models' losses equal to the last digit until their first exchange). fairseq reads
-    ``common.seed`` for the initial weights (seeded again here, as fairseq-train seeded it
-    before building the task), for the batch order of every epoch and for each update's
-    dropout, so changing it here changes all three; the vision trainer does the same.
+    ``common.seed`` for the batch order of every epoch and for each update's dropout, and
+    seeded torch with it (for the initial weights) before building the task; the vision
+    trainer does the same. Models that average their weights (localsgd, diloco) start
+    from the same weights, as in those methods: their initial weights keep seed S.
     """
     root = cfg._get_root() if isinstance(cfg, DictConfig) else None
     if root is None or "common" not in root:
         logger.warning("codistill: no fairseq config to offset --seed in; give each model its "
                        "own --seed (model i: S + i)")
         return
-    seed = root.common.seed + cfg.codistill_id
+    base, seed = root.common.seed, root.common.seed + cfg.codistill_id
     with open_dict(root.common):
         root.common.seed = seed
+    if str(cfg.codistill_method) in AVERAGING_METHODS:
+        logger.info("codistill: model %d trains with --seed %d (the given seed + its id) from "
+                    "the initial weights of --seed %d, as every model: they average their "
+                    "weights", cfg.codistill_id, seed, base)
+        return
     np.random.seed(seed)
     utils.set_torch_seed(seed)
     logger.info("codistill: model %d trains with --seed %d (the given seed + its id)",
@@ -124,6 +188,7 @@ class CodistillTranslationTask(TranslationTask):
             logger.info("codistill: --codistill-num-models 1, training alone (no peers)")
         else:
             exchange_config(cfg).validate()
+            check_whole_weights(cfg)
             check_exchange_dir(cfg.codistill_dir)
             offset_seed(cfg)
         allow_fairseq_checkpoints()
@@ -133,7 +198,7 @@ class CodistillTranslationTask(TranslationTask):
 
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        self.exchange: Optional[PeerExchange] = None
+        self.exchange: Optional[Exchange] = None
         self.model = None
         self.num_updates = 0  # of the update being taken, as fairseq numbers them
         self.init_params = None  # fp32 CPU copy of the initial weights, for param_dist
@@ -147,20 +212,43 @@ class CodistillTranslationTask(TranslationTask):
         if self.model is None:  # the first model built is ours; peers come later
             self.model = model
             if self.cfg.codistill_num_models > 1:
-                self.exchange = PeerExchange(
-                    exchange_config(self.cfg),
-                    build_peer=self._build_peer,
-                    meta=model_meta(cfg, self.tgt_dict),
-                    check_peer=self._check_peer,
-                    group=distributed_utils.get_data_parallel_group()
-                    if torch.distributed.is_initialized() else None,
-                )
+                group = (distributed_utils.get_data_parallel_group()
+                         if torch.distributed.is_initialized() else None)
+                if self.averages:
+                    self.exchange = WeightAveraging(exchange_config(self.cfg),
+                                                    meta=model_meta(cfg, self.tgt_dict), group=group)
+                else:
+                    self.exchange = PeerExchange(
+                        exchange_config(self.cfg),
+                        build_peer=self._build_peer,
+                        meta=model_meta(cfg, self.tgt_dict),
+                        check_peer=self._check_peer,
+                        group=group,
+                    )
             if distributed_utils.get_global_rank() == 0:
                 # Built before any checkpoint is loaded and seeded by --seed, so a
                 # resumed job gets the same initial weights back.
                 self.init_params = {n: p.detach().float().cpu().clone()
                                     for n, p in model.named_parameters()}
         return model
+
+    @property
+    def averages(self) -> bool:
+        """Whether the models share their weights (localsgd, diloco), not their logits."""
+        return str(self.cfg.codistill_method) in AVERAGING_METHODS
+
+    def build_criterion(self, cfg, from_checkpoint=False):
+        criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.cfg.codistill_num_models > 1 and not self.averages and \
+                not getattr(criterion, "uses_codistill_peers", False):
+            raise ValueError(
+                f"--criterion {getattr(cfg, '_name', type(criterion).__name__)} ignores the "
+                f"peers: with --codistill-method {self.cfg.codistill_method} the "
+                f"{self.cfg.codistill_num_models} models share only their logits, through the "
+                "criterion's penalty, so each would train alone while exchanging snapshots. "
+                "Use --criterion codistill_ce, or --codistill-method localsgd or diloco to "
+                "share weights with any criterion")
+        return criterion
 
     def _build_peer(self, meta: dict):
         cfg = meta["model_cfg"]
@@ -184,6 +272,28 @@ class CodistillTranslationTask(TranslationTask):
         return self.exchange.active_peers() if self.exchange is not None else []
 
     # -- fairseq hooks ----------------------------------------------------------------
+    def get_batch_iterator(self, dataset, **kwargs):
+        """fairseq's batches, the same for a resumed run as for the run it continues.
+
+        fairseq builds an iterator's batches once, ordering the examples under
+        ``numpy_seed(seed + epoch)`` for the epoch it starts at: 1 in a fresh run, the
+        checkpoint's in a resumed one, whose every later epoch would then read other
+        batches than the run it resumes (measured: the same batch sizes, other sentences
+        from the first resumed update on). The examples are ordered as a fresh run orders
+        them, whatever the epoch; a fresh run is unchanged.
+        """
+        seed, order = kwargs.get("seed", 1), dataset.ordered_indices
+
+        def fresh_run_order():
+            with data_utils.numpy_seed(seed + 1):
+                return order()
+
+        dataset.ordered_indices = fresh_run_order  # this call only
+        try:
+            return super().get_batch_iterator(dataset, **kwargs)
+        finally:
+            del dataset.ordered_indices
+
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
         if not self._restored:
@@ -194,7 +304,10 @@ class CodistillTranslationTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._count_lr_decays(optimizer.get_lr())
         self.num_updates = update_num
-        if self.exchange is not None:
+        if isinstance(self.exchange, WeightAveraging):
+            self.exchange.step(update_num, lambda: trained_weights(self.model, optimizer),
+                               changed=lambda: sync_half_precision_copy(optimizer))
+        elif self.exchange is not None:
             self.exchange.step(update_num, self.model)
         if hasattr(criterion, "set_progress"):
             criterion.set_progress(epoch=self.epoch, num_updates=update_num,
@@ -213,12 +326,11 @@ class CodistillTranslationTask(TranslationTask):
         # Training steps only: validation runs with the model in eval mode.
         if self.model is None or not self.model.training:
             return
+        # Logged with weight 0: the meter shows the last value.
         if self.exchange is not None:
-            staleness = self.exchange.staleness()
-            if staleness is not None:
-                metrics.log_scalar("peer_staleness", staleness, weight=0, round=1)
-            metrics.log_scalar("codistill_bytes", self.exchange.bytes_read, weight=0, round=0)
-        # Logged with weight 0: the meter shows the last value, computed at log intervals.
+            for name, value in self.exchange.metrics().items():
+                metrics.log_scalar(name, value, weight=0, round=2)
+        # param_dist is computed at log intervals only.
         updates = self.num_updates + 1  # the update this step completes
         if self.init_params is not None and updates % max(self.cfg.log_interval, 1) == 0:
             metrics.log_scalar("param_dist", self.param_dist(), weight=0, round=3)

@@ -25,7 +25,7 @@ THREADS=${DEMO_THREADS:-${THREADS:-2}}        # cores in all
 TOKENS=${DEMO_TOKENS:-${TOKENS:-1024}}        # per batch of one all-reduce worker = one codistilled model
 VALIDATE=${DEMO_VALIDATE:-${VALIDATE:-}}
 SEED=${DEMO_SEED:-1}
-DEMO_BEAM=${DEMO_BEAM:-4}
+EVAL_BEAM=${DEMO_BEAM:-${EVAL_BEAM:-4}}
 # shellcheck source=recipes/gettext_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gettext_common.sh"
 ALPHA=${DEMO_ALPHA:-$ALPHA}
@@ -106,7 +106,7 @@ train_all() {
         && is_done "$c" "$(settings control "$SEED" "$DROPOUT")"; then
         say "  baseline and control: done already ($b, $c); delete them to train again"
     fi
-    if is_done "$p" "$(settings pair "$SEED" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse)"; then
+    if is_done "$p" "$(pair_settings "$SEED")"; then
         say "  codistillation: done already ($p); delete it to train again"
     fi
     trap 'kill "${PIDS[@]}" 2> /dev/null' INT TERM
@@ -115,7 +115,7 @@ train_all() {
     sleep 1
     progress baseline "$b/train.log" control "$c/train.log" -- "${PIDS[control]}"
     finish control "$c/train.log"
-    start codistill train_pair "$p" "$SEED" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" mse
+    start codistill train_pair "$p" "$SEED"
     sleep 1
     progress baseline "$b/train.log" model0 "$p/model0/train.log" model1 "$p/model1/train.log" \
         -- "${PIDS[baseline]}" "${PIDS[codistill]}"
@@ -130,37 +130,15 @@ wait_all() {
     for pid in "$@"; do wait "$pid" || exit 1; done
 }
 
-# evaluate LABEL DIR CHECKPOINTS: BLEU on test and NLL on valid into DIR/eval.json
-evaluate() {
-    local label=$1 dir=$2 path=$3 checkpoint fresh=1
-    local checkpoints generate
-    IFS=: read -r -a checkpoints <<< "$path"
-    for checkpoint in "${checkpoints[@]}"; do
-        [[ "$dir/eval.json" -nt "$checkpoint" ]] || fresh=0
-    done
-    if (( fresh )); then
-        say "  $label: evaluated already ($dir/eval.json)"
-        return
-    fi
-    generate=(
-        fairseq-generate "$BIN" --source-lang "$SRC" --target-lang "$TGT"
-        --path "$path" --user-dir "$PLUGIN" --max-tokens 4096
-        --required-batch-size-multiple 1
-    )
-    if [[ "$DEVICE" == cpu ]]; then generate+=(--cpu); fi
-    mkdir -p "$dir"
-    export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS
-    "${generate[@]}" --gen-subset test --beam "$DEMO_BEAM" --max-len-a 1.2 --max-len-b 10 \
-        --post-process sentencepiece > "$dir/generate-test.txt" 2> "$dir/generate-test.log" \
-        || { tail -n 20 "$dir/generate-test.log" >&2; exit 1; }
-    "${generate[@]}" --gen-subset valid --score-reference \
-        > "$dir/score-valid.txt" 2> "$dir/score-valid.log" \
-        || { tail -n 20 "$dir/score-valid.log" >&2; exit 1; }
-    "$PYTHON" -m fairseq_codistill.evaluate \
-        --generate "$dir/generate-test.txt" --reference "$DATA/raw/test.$TGT" \
-        --score-reference "$dir/score-valid.txt" --checkpoint "$path" \
-        --out "$dir/eval.json" > /dev/null
-    say "  $label: $(tr -d '\n' < "$dir/eval.json" | sed 's/, "sacrebleu": "[^"]*"//')"
+# evaluate_model LABEL DIR CHECKPOINTS: BLEU and chrF on test, NLL on valid into DIR/eval.json
+evaluate_model() {
+    local label=$1 dir=$2 path=$3 status=0
+    SCORE_VALID=1 evaluate "$dir" "$path" eval || status=$?
+    case "$status" in
+        0) say "  $label: $(tr -d '\n' < "$dir/eval.json" | sed 's/, "sacrebleu[_a-z]*": "[^"]*"//g')" ;;
+        1) say "  $label: evaluated already ($dir/eval.json)" ;;
+        *) exit 1 ;;
+    esac
 }
 
 main() {
@@ -172,17 +150,17 @@ main() {
     prepare_data
     say "training: $UPDATES updates each, $PRECISION on $DEVICE"
     train_all
-    say "evaluation: beam $DEMO_BEAM on the test split (sacrebleu), NLL of the valid split"
+    say "evaluation: beam $EVAL_BEAM on the test split (sacrebleu BLEU, chrF), NLL of the valid split"
     local c=$DEMO_DIR/codistill
     # Two at a time, a core each: beam search over small batches keeps one core busy, not two.
     local half=$(( THREADS / 2 > 1 ? THREADS / 2 : 1 )) a b
-    THREADS=$half evaluate baseline "$DEMO_DIR/baseline" "$DEMO_DIR/baseline/checkpoint_last.pt" & a=$!
-    THREADS=$half evaluate control "$DEMO_DIR/control" "$DEMO_DIR/control/checkpoint_last.pt" & b=$!
+    THREADS=$half evaluate_model baseline "$DEMO_DIR/baseline" "$DEMO_DIR/baseline/checkpoint_last.pt" & a=$!
+    THREADS=$half evaluate_model control "$DEMO_DIR/control" "$DEMO_DIR/control/checkpoint_last.pt" & b=$!
     wait_all "$a" "$b"
-    THREADS=$half evaluate codistill/model0 "$c/model0" "$c/model0/checkpoint_last.pt" & a=$!
-    THREADS=$half evaluate codistill/model1 "$c/model1" "$c/model1/checkpoint_last.pt" & b=$!
+    THREADS=$half evaluate_model codistill/model0 "$c/model0" "$c/model0/checkpoint_last.pt" & a=$!
+    THREADS=$half evaluate_model codistill/model1 "$c/model1" "$c/model1/checkpoint_last.pt" & b=$!
     wait_all "$a" "$b"
-    evaluate codistill/ensemble "$c/ensemble" "$c/model0/checkpoint_last.pt:$c/model1/checkpoint_last.pt"
+    evaluate_model codistill/ensemble "$c/ensemble" "$c/model0/checkpoint_last.pt:$c/model1/checkpoint_last.pt"
     echo
     fairseq-codistill-report "$DEMO_DIR/baseline" "$c" "$DEMO_DIR/control" \
         --out "$DEMO_DIR/report" --allreduce-workers 2

@@ -1,18 +1,21 @@
 # shellcheck shell=bash
 # The runs of the demo and the study on the local gettext corpus; sourced by recipes/demo.sh
-# and recipes/study.sh, not run by itself. Three kinds of run, all with the same model,
+# and recipes/study.sh, not run by itself. Four kinds of run, all with the same model,
 # optimiser, schedule, number of updates and per-worker batch of TOKENS tokens:
 #
 #   train_baseline DIR SEED: synchronous all-reduce of 2 workers with label smoothing 0.1,
 #       as its exact single-process equivalent (--update-freq 2: each update sums the
 #       gradients of 2 batches of TOKENS, as 2 all-reducing workers would);
-#   train_pair DIR SEED ALPHA GAMMA INTERVAL BURN_IN [LOSS]: 2 codistilled models under
-#       fairseq-codistill-launch, each with one worker's batch, no label smoothing;
+#   train_pair DIR SEED: 2 models under fairseq-codistill-launch, each with one worker's
+#       batch, sharing every INTERVAL updates what METHOD says: distill (codistillation, no
+#       label smoothing, alpha ALPHA x GAMMA per epoch), or localsgd / diloco (their weights,
+#       with the baseline's label smoothing, as one would use them);
 #   train_control DIR SEED [DROPOUT]: the codistilled model with its peer removed (same
 #       architecture, dropout, batch, seed and updates), plain cross-entropy.
 #
 # Every run uses --task codistill_translation (alone: --codistill-num-models 1), so every
 # run logs param_dist. A run is skipped when DIR/done holds the same settings.
+# evaluate DIR CHECKPOINT OUT scores a checkpoint (BLEU and chrF on the test split).
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PLUGIN=$REPO/fairseq_codistill
@@ -23,18 +26,24 @@ LANG_PAIR=${LANG_PAIR:-de-en}            # SRC-TGT, one side en (see data-prep/p
 # within the run, the paper's less-data regime (Section 4) where codistillation regularises.
 TRAIN_FRACTION=${TRAIN_FRACTION:-0.0625}
 VOCAB_SIZE=${VOCAB_SIZE:-2000}           # joint sentencepiece BPE, sized for the small corpus
-DATA=${DATA:-data-bin/gettext.$LANG_PAIR.frac$TRAIN_FRACTION.v$VOCAB_SIZE}
+DATA_GIVEN=${DATA:+1}                    # derive() leaves a DATA that was set alone
 UPDATES=${UPDATES:-480}                  # of every model
 TOKENS=${TOKENS:-1024}                   # per batch of one all-reduce worker = one codistilled model
-VALIDATE=${VALIDATE:-$(( UPDATES / 12 > 1 ? UPDATES / 12 : 1 ))}  # updates between validations
+VALIDATE_GIVEN=${VALIDATE:-}             # updates between validations; default UPDATES / 12
 DROPOUT=${DROPOUT:-0.1}
 LR=${LR:-2e-3}
+# What a pair shares every INTERVAL updates: distill (codistillation), localsgd or diloco.
+METHOD=${METHOD:-distill}
 # Codistillation: alpha0 x GAMMA per epoch, snapshots every INTERVAL updates, alpha 0 for
-# the first BURN_IN updates (recipes/study.sh measured these; see the README's study).
+# the first BURN_IN updates, the MSE of logits (LOSS=kl: KL), snapshots in SNAPSHOT
+# (recipes/study.sh measured these; see the README's study).
 ALPHA=${ALPHA:-0.1}
 GAMMA=${GAMMA:-1.1}
 INTERVAL=${INTERVAL:-40}
 BURN_IN=${BURN_IN:-0}
+LOSS=${LOSS:-mse}
+SNAPSHOT=${SNAPSHOT:-fp16}
+PEER_LAYERS=${PEER_LAYERS:-}             # model 1 of a pair with this many layers (default LAYERS)
 DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visible GPU
 # auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16, a GPU with
 # bf16), fp16 on a GPU without bf16, fp32 elsewhere; or set it.
@@ -47,22 +56,33 @@ THREADS=${THREADS:-$(nproc)}             # CPU cores in all
 # update): which peer version a model reads no longer depends on the scheduler.
 MAX_LEAD=${MAX_LEAD:-1}
 WAIT_FOR_PEERS=${WAIT_FOR_PEERS:-600}
-SAVE=${SAVE:-1}                          # 0: no checkpoints (a study reads only the logs)
+SAVE=${SAVE:-1}                          # 0: no checkpoints (only the logs)
+# 1: a checkpoint at each validation, so checkpoint_best.pt is the best by validation NLL
+# (what a fairseq user keeps) beside checkpoint_last.pt.
+SAVE_BEST=${SAVE_BEST:-0}
+EVAL_BEAM=${EVAL_BEAM:-4}
 FAIRSEQ_TRAIN=${FAIRSEQ_TRAIN:-fairseq-train}
 
 SRC=${LANG_PAIR%-*}
 TGT=${LANG_PAIR#*-}
-BIN=$DATA/bin
+
+# derive: what follows from the knobs above (call it again after changing them).
+derive() {
+    if [[ -z "$DATA_GIVEN" ]]; then DATA=data-bin/gettext.$LANG_PAIR.frac$TRAIN_FRACTION.v$VOCAB_SIZE; fi
+    BIN=$DATA/bin
+    VALIDATE=${VALIDATE_GIVEN:-$(( UPDATES / 12 > 1 ? UPDATES / 12 : 1 ))}
+}
+derive
 
 # A transformer small enough for a CPU: LAYERS+LAYERS layers of width DIM, pre-norm so that a
 # short warm-up at a high learning rate stays stable, embeddings shared (a joint vocabulary).
 LAYERS=${LAYERS:-3}
 DIM=${DIM:-256}
 model_args() {
-    local dropout=$1
+    local dropout=$1 layers=${2:-$LAYERS}
     MODEL_ARGS=(
         --arch transformer
-        --encoder-layers "$LAYERS" --decoder-layers "$LAYERS"
+        --encoder-layers "$layers" --decoder-layers "$layers"
         --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM"
         --encoder-ffn-embed-dim "$(( 2 * DIM ))" --decoder-ffn-embed-dim "$(( 2 * DIM ))"
         --encoder-attention-heads 4 --decoder-attention-heads 4
@@ -72,11 +92,12 @@ model_args() {
     )
 }
 
-# TRAIN_ARGS for SEED and DROPOUT. --required-batch-size-multiple 1: with fairseq's default
-# of 8 the last batch of a split is dropped when it is not full, so some valid sentences
-# would never be scored.
+# TRAIN_ARGS for SEED and DROPOUT, the best checkpoint by validation METRIC (nll_loss, or
+# loss for plain cross-entropy, which logs its NLL as loss). --required-batch-size-multiple
+# 1: with fairseq's default of 8 the last batch of a split is dropped when it is not full,
+# so some valid sentences would never be scored.
 train_args() {
-    local seed=$1 dropout=$2
+    local seed=$1 dropout=$2 metric=${3:-nll_loss}
     model_args "$dropout"
     TRAIN_ARGS=(
         "$BIN" --source-lang "$SRC" --target-lang "$TGT"
@@ -91,7 +112,14 @@ train_args() {
         --task codistill_translation
         --user-dir "$PLUGIN"
     )
-    if [[ "$SAVE" == 1 ]]; then TRAIN_ARGS+=(--no-epoch-checkpoints); else TRAIN_ARGS+=(--no-save); fi
+    if [[ "$SAVE" != 1 ]]; then
+        TRAIN_ARGS+=(--no-save)
+    elif [[ "$SAVE_BEST" == 1 ]]; then
+        TRAIN_ARGS+=(--no-epoch-checkpoints --save-interval-updates "$VALIDATE" --keep-interval-updates 1
+                     --best-checkpoint-metric "$metric")
+    else
+        TRAIN_ARGS+=(--no-epoch-checkpoints)
+    fi
     if [[ "$DEVICE" == cpu ]]; then TRAIN_ARGS+=(--cpu); fi
     case "$PRECISION" in
         bf16 | fp16) TRAIN_ARGS+=("--$PRECISION") ;;
@@ -101,7 +129,17 @@ train_args() {
 }
 
 # A run is done when DIR/done records the same settings; otherwise it starts afresh.
-settings() { printf '%s ' "$@" "$UPDATES" "$TOKENS" "$LR" "$DATA" "$PRECISION" "$DEVICE" "$LAYERS" "$DIM"; }
+settings() { printf '%s ' "$@" "$UPDATES" "$TOKENS" "$LR" "$DATA" "$PRECISION" "$DEVICE" "$LAYERS" "$DIM" "save=$SAVE$SAVE_BEST"; }
+# A pair's settings: those of every run and what it shares.
+pair_settings() {
+    local seed=$1
+    if [[ "$METHOD" == distill ]]; then
+        settings pair "$seed" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" "$LOSS" \
+            "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS"
+    else
+        settings "$METHOD" "$seed" "$DROPOUT" "$INTERVAL" "snapshot=$SNAPSHOT"
+    fi
+}
 is_done() { [[ -f "$1/done" && "$(cat "$1/done")" == "$2" ]]; }
 
 # fresh DIR STAMP: 0 (and an empty DIR) when the run must be trained, 1 when it is done.
@@ -127,7 +165,7 @@ train_control() {
     local dir=$1 seed=$2 dropout=${3:-$DROPOUT} stamp
     stamp=$(settings control "$seed" "$dropout")
     fresh "$dir" "$stamp" || return 0
-    train_args "$seed" "$dropout"
+    train_args "$seed" "$dropout" loss
     OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
         --codistill-num-models 1 --criterion cross_entropy \
         --save-dir "$dir" > "$dir/train.log" 2>&1
@@ -136,30 +174,96 @@ train_control() {
 
 # The pair's threads: THREADS shared by its 2 models.
 train_pair() {
-    local dir=$1 seed=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=${7:-mse} snapshot=${8:-fp16}
-    local schedule=exponential stamp extra=()
-    # the default snapshot dtype is left out of the stamp: runs made before it was a knob stay done
-    if [[ "$snapshot" != fp16 ]]; then extra=("snapshot=$snapshot"); fi
-    stamp=$(settings pair "$seed" "$DROPOUT" "$alpha" "$gamma" "$interval" "$burn_in" "$loss" "${extra[@]}")
+    local dir=$1 seed=$2 stamp shared=()
+    stamp=$(pair_settings "$seed")
     fresh "$dir" "$stamp" || return 0
-    if [[ "$gamma" == 1 ]]; then schedule=constant; fi
     train_args "$seed" "$DROPOUT"
+    if [[ "$METHOD" == distill ]]; then
+        local schedule=exponential
+        if [[ "$GAMMA" == 1 ]]; then schedule=constant; fi
+        shared=(--criterion codistill_ce
+                --codistill-alpha "$ALPHA" --codistill-alpha-schedule "$schedule" --codistill-gamma "$GAMMA"
+                --codistill-burn-in-updates "$BURN_IN" --codistill-loss "$LOSS"
+                --codistill-max-lead "$MAX_LEAD")
+    else  # they share weights: any criterion, so the baseline's
+        shared=(--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --codistill-method "$METHOD")
+    fi
     local devices=(--threads-per-model "$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))")
     if [[ "$DEVICE" == cuda ]]; then devices=(--share-gpus); fi
+    if [[ -n "$PEER_LAYERS" ]]; then  # a heterogeneous pair: model 1 of another depth
+        devices+=(--model-args 1 "--encoder-layers $PEER_LAYERS --decoder-layers $PEER_LAYERS")
+    fi
     fairseq-codistill-launch \
         --num-models 2 "${devices[@]}" \
         --codistill-dir "$dir/exchange" --save-dir "$dir" \
         --fairseq-train "$(command -v "$FAIRSEQ_TRAIN")" \
         --progress-interval "${PROGRESS_INTERVAL:-600}" \
-        -- "${TRAIN_ARGS[@]}" \
-        --criterion codistill_ce \
-        --codistill-alpha "$alpha" --codistill-alpha-schedule "$schedule" --codistill-gamma "$gamma" \
-        --codistill-interval "$interval" --codistill-burn-in-updates "$burn_in" \
-        --codistill-loss "$loss" --codistill-snapshot-dtype "$snapshot" \
-        --codistill-max-lead "$MAX_LEAD" --codistill-wait-for-peers "$WAIT_FOR_PEERS" \
+        -- "${TRAIN_ARGS[@]}" "${shared[@]}" \
+        --codistill-interval "$INTERVAL" --codistill-snapshot-dtype "$SNAPSHOT" \
+        --codistill-wait-for-peers "$WAIT_FOR_PEERS" \
         > "$dir/launch.log" 2>&1
     rm -rf "$dir/exchange"
     echo "$stamp" > "$dir/done"
+}
+
+# evaluate DIR CHECKPOINT OUT: BLEU and chrF (sacrebleu, beam EVAL_BEAM) on the test split
+# of the model(s) CHECKPOINT (a:b for an ensemble) into DIR/OUT.json; with SCORE_VALID=1
+# also the validation NLL of the references (an ensemble has no training log). Skipped
+# when DIR/OUT.json is newer than every checkpoint; returns 1 then.
+evaluate() {
+    local dir=$1 path=$2 out=$3 checkpoint fresh=1 generate
+    local -a checkpoints
+    IFS=: read -r -a checkpoints <<< "$path"
+    for checkpoint in "${checkpoints[@]}"; do
+        [[ "$dir/$out.json" -nt "$checkpoint" ]] || fresh=0
+    done
+    if (( fresh )); then return 1; fi
+    generate=(
+        fairseq-generate "$BIN" --source-lang "$SRC" --target-lang "$TGT"
+        --path "$path" --user-dir "$PLUGIN" --max-tokens 4096
+        --required-batch-size-multiple 1
+    )
+    if [[ "$DEVICE" == cpu ]]; then generate+=(--cpu); fi
+    mkdir -p "$dir"
+    local scored=()
+    OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "${generate[@]}" --gen-subset test \
+        --beam "$EVAL_BEAM" --max-len-a 1.2 --max-len-b 10 --post-process sentencepiece \
+        > "$dir/$out-test.txt" 2> "$dir/$out-test.log" \
+        || { tail -n 20 "$dir/$out-test.log" >&2; return 2; }
+    if [[ "${SCORE_VALID:-0}" == 1 ]]; then
+        OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "${generate[@]}" --gen-subset valid \
+            --score-reference > "$dir/$out-valid.txt" 2> "$dir/$out-valid.log" \
+            || { tail -n 20 "$dir/$out-valid.log" >&2; return 2; }
+        scored=(--score-reference "$dir/$out-valid.txt")
+    fi
+    "$PYTHON" -m fairseq_codistill.evaluate \
+        --generate "$dir/$out-test.txt" --reference "$DATA/raw/test.$TGT" \
+        "${scored[@]}" --checkpoint "$path" --out "$dir/$out.json" > /dev/null
+}
+
+# evaluate_run DIR: eval.json (checkpoint_last.pt) and eval-best.json (checkpoint_best.pt)
+# of DIR, or of each DIR/model*, one model per thread; then their checkpoints are deleted
+# unless KEEP_CHECKPOINTS=1 (a study keeps what it measured, not 100 MB per model).
+evaluate_run() {
+    local dir=$1 models=() d pids=() pid failed=0
+    if [[ -f "$dir/train.log" ]]; then models=("$dir"); else models=("$dir"/model[0-9]*); fi
+    for d in "${models[@]}"; do
+        (
+            for which in last best; do
+                local name=eval
+                [[ "$which" == best ]] && name=eval-best
+                if [[ -f "$d/checkpoint_$which.pt" ]]; then
+                    THREADS=1 evaluate "$d" "$d/checkpoint_$which.pt" "$name" || (( $? == 1 )) || exit 1
+                fi
+            done
+        ) &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+    if (( failed )); then return 1; fi
+    if [[ "${KEEP_CHECKPOINTS:-0}" != 1 ]]; then
+        for d in "${models[@]}"; do rm -f "$d"/checkpoint*.pt; done
+    fi
 }
 
 # prepare_data: the corpus, sentencepiece model and data-bin of DATA (skipped when there).

@@ -1,57 +1,92 @@
 #!/usr/bin/env bash
-# The reproduction study at CPU scale: does codistillation pay, and which defaults does it
-# support? On the local gettext corpus (a fraction of it, where models overfit), with the
-# same model, batch B = TOKENS tokens per worker and UPDATES updates for every run, over SEEDS:
+# The study at CPU scale: where does codistillation reach all-reduce, and does it beat the
+# methods that send the same bytes (LocalSGD, DiLoCo)? On the local gettext corpus (a
+# fraction of it, where models overfit), every run trains the same model for the same
+# number of updates, over SEEDS; every pair exchanges one model per INTERVAL updates.
+# Each line of GRID is one configuration: a name, a kind, and the settings where it
+# differs from the regime (recipes/gettext_common.sh's knobs):
 #
-#   baseline            all-reduce of 2 workers (batch 2B, label smoothing 0.1), as its exact
-#                       single-process equivalent (--update-freq 2);
-#   control[-dDROP]     the codistilled model with its peer removed: one model, batch B, plain
-#                       cross-entropy, at each dropout of CONTROL_DROPOUTS (the claims use the
-#                       best of them, so no gain comes from a weakened control);
-#   codistill-*         pairs of codistilled models (batch B each, no label smoothing), one per
-#                       line of GRID: alpha0, gamma (1 = constant alpha), interval, burn-in, loss,
-#                       and optionally the snapshot dtype (default fp16).
+#   baseline   all-reduce of 2 workers (batch 2B, label smoothing 0.1), as its exact
+#              single-process equivalent (--update-freq 2);
+#   control    the codistilled model with its peer removed: one model, batch B, plain
+#              cross-entropy (the claims use the best dropout of the controls of a setting,
+#              so no gain comes from a weakened control);
+#   codistill  a codistilled pair (batch B each, no label smoothing);
+#   localsgd   a pair averaging its weights every interval (label smoothing 0.1);
+#   diloco     a pair taking DiLoCo's outer Nesterov step every interval (label smoothing 0.1).
 #
-# Then fairseq-codistill-report --study writes STUDY_DIR/report/study.md: mean and spread over
-# seeds, curves, and the paper's five claims for the REGIME line of the grid.
+# Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
+# diloco), dropout updates tokens fraction layers peer_layers (model 1's, a heterogeneous
+# pair). Longer runs (updates) stretch the schedule with them: warm-up and validation
+# follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
+# regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
+# last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
+# --study writes STUDY_DIR/report/study.md: mean and spread over seeds, the claims in NLL
+# and in BLEU, and the methods side by side.
 #
-#   bash recipes/study.sh                        # ~100 min on 2 cores in bf16 (see the README)
-#   SEEDS="1 2 3" bash recipes/study.sh          # a third seed: only the new runs train
+#   bash recipes/study.sh                        # the whole map, in GRID's order (README: wall time)
+#   GRID_LINES="baseline control diloco-k40" bash recipes/study.sh   # some lines only
+#   SEEDS="1 2" bash recipes/study.sh            # fewer seeds
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #
 # Finished runs are skipped when the script runs again with the same settings. Every knob of
-# recipes/gettext_common.sh (TRAIN_FRACTION, UPDATES, TOKENS, DROPOUT, LR, PRECISION ...)
-# applies; fairseq's logs are STUDY_DIR/runs/*/seed*/{train.log,model*/train.log}.
+# recipes/gettext_common.sh (LANG_PAIR, LR, PRECISION ...) applies; fairseq's logs are
+# STUDY_DIR/runs/NAME/seed*/{train.log,model*/train.log}.
 set -euo pipefail
 
 STUDY_DIR=${STUDY_DIR:-study}
-SEEDS=${SEEDS:-1 2}
+SEEDS=${SEEDS:-1 2 3}
 # Processes at once: one single-threaded process per core on a CPU (a pair takes two).
 if [[ "${DEVICE:-cpu}" == cuda ]]; then SLOTS=${SLOTS:-4}; else SLOTS=${SLOTS:-$(nproc)}; fi
-CONTROL_DROPOUTS=${CONTROL_DROPOUTS:-0.1 0.3}
-BASELINE=${BASELINE:-1}              # 0: no all-reduce baseline (a check of the regime alone)
-# One pair per line and seed, in this order. The regime first, then what each claim needs:
-# the interval at 0.5x and 4x, a constant alpha; then the other hypotheses.
-# name             alpha0 gamma interval burn-in loss [snapshot]
+# In this order, all seeds of a line together: a study stopped early has whole lines, and
+# what decides the method comes first.
+# name                      kind       settings (the regime's for the rest)
 GRID_DEFAULT="
-a0.1-k40           0.1    1.1   40       0       mse
-a0.1-k20           0.1    1.1   20       0       mse
-a0.1-k160          0.1    1.1   160      0       mse
-a0.1-k40-const     0.1    1     40       0       mse
-a0.1-k40-int8      0.1    1.1   40       0       mse  int8
-a0.3-k40           0.3    1.1   40       0       mse
-a0.1-k40-burn120   0.1    1.1   40       120     mse
-a0.1-k40-kl        0.1    1.1   40       0       kl
-a0.01-k40-kl       0.01   1.1   40       0       kl
+baseline                    baseline
+control                     control
+codistill-a0.1-k40          codistill
+localsgd-k40                localsgd
+diloco-k40                  diloco
+codistill-a0.1-k40-d0       codistill  dropout=0
+codistill-a0.1-k40-d0.05    codistill  dropout=0.05
+control-d0.05               control    dropout=0.05
+control-d0.3                control    dropout=0.3
+baseline-u960               baseline   updates=960
+control-u960                control    updates=960
+codistill-a0.1-k40-u960     codistill  updates=960
+diloco-k40-u960             diloco     updates=960
+baseline-t4096              baseline   tokens=4096 fraction=0.25
+control-t4096               control    tokens=4096 fraction=0.25
+codistill-a0.1-k40-t4096    codistill  tokens=4096 fraction=0.25
+diloco-k40-t4096            diloco     tokens=4096 fraction=0.25
+codistill-a0.1-k40-deep6    codistill  peer_layers=6
+control-l6                  control    layers=6
+codistill-a0.1-k20          codistill  interval=20
+codistill-a0.1-k160         codistill  interval=160
+codistill-a0.1-k40-const    codistill  gamma=1
+diloco-k40-fp32             diloco     snapshot=fp32
+diloco-k40-int8             diloco     snapshot=int8
+localsgd-k40-u960           localsgd   updates=960
+baseline-u1920              baseline   updates=1920
+control-u1920               control    updates=1920
+codistill-a0.1-k40-u1920    codistill  updates=1920
+diloco-k40-u1920            diloco     updates=1920
+codistill-a0.1-k40-int8     codistill  snapshot=int8
+codistill-a0.3-k40          codistill  alpha=0.3
+codistill-a0.1-k40-burn120  codistill  burn_in=120
+codistill-a0.1-k40-kl       codistill  loss=kl
+codistill-a0.01-k40-kl      codistill  loss=kl alpha=0.01
 "
 GRID=${GRID:-$GRID_DEFAULT}
-REGIME=${REGIME:-a0.1-k40}           # the grid line whose settings become the defaults
+GRID_LINES=${GRID_LINES:-}           # names of the lines to run (default: all)
+REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 
+SAVE_BEST=1                          # checkpoint_best.pt by validation NLL, for BLEU
 # shellcheck source=recipes/gettext_common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/gettext_common.sh"
 RUNS=$STUDY_DIR/runs
-SAVE=0   # the study reads only the logs
 START=$SECONDS
+REGIME_UPDATES=$UPDATES REGIME_GAMMA=$GAMMA
 
 say() { printf '[study %dm%02ds] %s\n' $(( (SECONDS - START) / 60 )) $(( (SECONDS - START) % 60 )) "$*"; }
 
@@ -81,47 +116,59 @@ schedule() {
     USED=$(( USED + need ))
 }
 
-# describe DIR KIND SEED [key value]...: DIR/study.json, what the report groups runs by.
+# apply SETTING...: a line's key=value settings as the knobs of gettext_common.sh.
+apply() {
+    local setting key value
+    for setting in "$@"; do
+        key=${setting%%=*} value=${setting#*=}
+        case "$key" in
+            alpha) ALPHA=$value ;; gamma) GAMMA=$value ;; interval) INTERVAL=$value ;;
+            burn_in) BURN_IN=$value ;; loss) LOSS=$value ;; snapshot) SNAPSHOT=$value ;;
+            dropout) DROPOUT=$value ;; updates) UPDATES=$value ;; tokens) TOKENS=$value ;;
+            fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
+            *) echo "study: unknown setting '$setting' in GRID" >&2; return 1 ;;
+        esac
+    done
+    # a longer run grows alpha more slowly, so that it ends where the regime's does
+    if [[ " $* " != *" gamma="* && "$UPDATES" != "$REGIME_UPDATES" ]]; then
+        GAMMA=$("$PYTHON" -c "print(round($REGIME_GAMMA ** ($REGIME_UPDATES / $UPDATES), 4))")
+    fi
+    derive
+}
+
+# describe DIR NAME KIND SEED: DIR/study.json, what the report groups and compares runs by.
 describe() {
-    local dir=$1 group=$2 kind=$3 seed=$4
-    shift 4
-    mkdir -p "$dir"
-    "$PYTHON" - "$dir/study.json" "$group" "$kind" "$seed" "$@" <<'EOF'
-import json, sys
-path, group, kind, seed, *pairs = sys.argv[1:]
-meta = {"group": group, "kind": kind, "seed": int(seed)}
-for key, value in zip(pairs[::2], pairs[1::2]):
-    try:
-        meta[key] = json.loads(value)
-    except ValueError:
-        meta[key] = value
-with open(path + ".tmp", "w") as f:
+    local dir=$1 name=$2 kind=$3 seed=$4 regime=false
+    [[ "$name" == "$REGIME" ]] && regime=true
+    "$PYTHON" - "$dir/study.json" <<EOF
+import json, os, sys
+meta = {"group": "$name", "kind": "$kind", "seed": $seed, "regime": $( [[ $regime == true ]] && echo True || echo False ),
+        "lang_pair": "$LANG_PAIR", "updates": $UPDATES, "tokens": $TOKENS, "fraction": $TRAIN_FRACTION,
+        "layers": $LAYERS, "dropout": $DROPOUT}
+if "$kind" == "codistill":
+    meta.update(alpha=$ALPHA, gamma=$GAMMA, interval=$INTERVAL, burn_in=$BURN_IN, loss="$LOSS",
+                snapshot="$SNAPSHOT", peer_layers=${PEER_LAYERS:-$LAYERS})
+elif "$kind" in ("localsgd", "diloco"):
+    meta.update(interval=$INTERVAL, snapshot="$SNAPSHOT")
+with open(sys.argv[1] + ".tmp", "w") as f:
     json.dump(meta, f)
-import os; os.replace(path + ".tmp", path)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 EOF
 }
 
-run_baseline() {
-    local seed=$1 dir=$RUNS/baseline/seed$1
-    train_baseline "$dir" "$seed"
-    describe "$dir" baseline baseline "$seed" dropout "$DROPOUT"
-}
-
-run_control() {
-    local seed=$1 dropout=$2 group=control
-    [[ "$dropout" == "$DROPOUT" ]] || group=control-d$dropout
-    train_control "$RUNS/$group/seed$seed" "$seed" "$dropout"
-    describe "$RUNS/$group/seed$seed" "$group" control "$seed" dropout "$dropout"
-}
-
-run_pair() {
-    local seed=$1 name=$2 alpha=$3 gamma=$4 interval=$5 burn_in=$6 loss=$7 snapshot=${8:-fp16}
-    local dir=$RUNS/codistill-$name/seed$seed regime=false
-    [[ "$name" == "$REGIME" ]] && regime=true
-    train_pair "$dir" "$seed" "$alpha" "$gamma" "$interval" "$burn_in" "$loss" "$snapshot"
-    describe "$dir" "codistill-$name" codistill "$seed" regime "$regime" dropout "$DROPOUT" \
-        alpha "$alpha" gamma "$gamma" interval "$interval" burn_in "$burn_in" loss "$loss" \
-        snapshot "$snapshot"
+# run_line NAME KIND SEED SETTING...: train one seed of one line, evaluate it, describe it.
+run_line() {
+    local name=$1 kind=$2 seed=$3 dir=$RUNS/$1/seed$3
+    shift 3
+    apply "$@"
+    case "$kind" in
+        baseline) train_baseline "$dir" "$seed" ;;
+        control) train_control "$dir" "$seed" "$DROPOUT" ;;
+        codistill) METHOD=distill train_pair "$dir" "$seed" ;;
+        localsgd | diloco) METHOD=$kind train_pair "$dir" "$seed" ;;
+    esac
+    evaluate_run "$dir"
+    describe "$dir" "$name" "$kind" "$seed"
 }
 
 main() {
@@ -129,24 +176,30 @@ main() {
         echo "study: $FAIRSEQ_TRAIN not found on PATH: run 'make install' and put .venv/bin on PATH" >&2
         exit 1
     }
-    grep -q "^$REGIME " <<< "$GRID" || { echo "study: REGIME=$REGIME is not a line of GRID" >&2; exit 1; }
-    say "data: $LANG_PAIR, a $TRAIN_FRACTION fraction of the training pairs -> $DATA"
-    prepare_data
-    say "runs: $UPDATES updates of $TOKENS tokens, seeds $SEEDS, $PRECISION on $DEVICE, $SLOTS at once"
-    local seed name alpha gamma interval burn_in loss snapshot dropout
-    # What every claim needs first (the control and the baseline), then the grid line by
-    # line, all seeds of a line together: a study stopped early has whole configurations.
-    for seed in $SEEDS; do
-        for dropout in $CONTROL_DROPOUTS; do
-            schedule 1 "control dropout $dropout seed $seed" run_control "$seed" "$dropout"
-        done
-        if [[ "$BASELINE" == 1 ]]; then schedule 1 "baseline seed $seed" run_baseline "$seed"; fi
+    local name kind settings seed need fractions=()
+    while read -r name kind settings; do
+        [[ -n "$name" && "$name" != \#* ]] || continue
+        case "$kind" in
+            baseline | control | codistill | localsgd | diloco) ;;
+            *) echo "study: line $name: unknown kind '$kind'" >&2; exit 1 ;;
+        esac
+        if [[ "$settings" =~ fraction=([^ ]+) ]]; then fractions+=("${BASH_REMATCH[1]}"); fi
+    done <<< "$GRID"
+    local fraction
+    for fraction in "$TRAIN_FRACTION" "${fractions[@]}"; do
+        ( TRAIN_FRACTION=$fraction; derive
+          say "data: $LANG_PAIR, a $TRAIN_FRACTION fraction of the training pairs -> $DATA"
+          prepare_data )
     done
-    while read -r name alpha gamma interval burn_in loss snapshot; do
-        [[ -n "$name" ]] || continue
+    say "runs: seeds $SEEDS, $PRECISION on $DEVICE, $SLOTS at once; the regime: $UPDATES updates of $TOKENS tokens"
+    while read -r name kind settings; do
+        [[ -n "$name" && "$name" != \#* ]] || continue
+        if [[ -n "$GRID_LINES" && " $GRID_LINES " != *" $name "* ]]; then continue; fi
+        need=1
+        case "$kind" in codistill | localsgd | diloco) need=2 ;; esac
         for seed in $SEEDS; do
-            schedule 2 "codistill-$name seed $seed" run_pair "$seed" "$name" "$alpha" "$gamma" \
-                "$interval" "$burn_in" "$loss" "${snapshot:-fp16}"
+            # shellcheck disable=SC2086  # the settings are words
+            schedule "$need" "$name seed $seed" run_line "$name" "$kind" "$seed" $settings
         done
     done <<< "$GRID"
     while (( USED > 0 )); do reap_one; done

@@ -11,7 +11,7 @@ def jobs_for(monkeypatch, visible, *flags):
     args, train_args = launch.parse_args(["--num-models", "3", "--codistill-dir", "x",
                                           "--save-dir", "s", "--fairseq-train", "/bin/true",
                                           *flags, "--", "DATA", "--arch", "transformer",
-                                          "--max-update", "80"])
+                                          "--criterion", "codistill_ce", "--max-update", "80"])
     return launch.build_jobs(args, train_args)
 
 
@@ -50,7 +50,8 @@ def test_the_launcher_runs_and_writes_its_state_without_torch(tmp_path):
     code = ("import sys\n"
             "from fairseq_codistill import launch\n"
             f"rc = launch.main(['--num-models', '2', '--codistill-dir', {str(tmp_path / 'x')!r}, "
-            f"'--save-dir', {str(tmp_path / 'run')!r}, '--fairseq-train', '/bin/true', '--', 'DATA'])\n"
+            f"'--save-dir', {str(tmp_path / 'run')!r}, '--fairseq-train', '/bin/true', '--', 'DATA', "
+            "'--criterion', 'codistill_ce'])\n"
             "print(rc, sorted(m for m in ('torch', 'fairseq', 'numpy') if m in sys.modules))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "0 []", proc.stdout + proc.stderr

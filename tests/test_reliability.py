@@ -398,6 +398,12 @@ BAD_COMMAND_LINES = [
     (["--codistill-wait-for-peers", "-3"], "--codistill-wait-for-peers"),
     (["--codistill-max-lead", "-1"], "--codistill-max-lead"),
     (["--codistill-max-lead", "5"], "--codistill-max-lead"),  # with no wait to bound it
+    (["--criterion", "cross_entropy"], "--criterion cross_entropy ignores the peers"),
+    (["--codistill-method", "localsgd"], "--codistill-wait-for-peers must be > 0 with --codistill-method localsgd"),
+    (["--codistill-method", "diloco", "--codistill-wait-for-peers", "60",
+      "--codistill-outer-momentum", "1"], "--codistill-outer-momentum must be in [0, 1)"),
+    (["--codistill-method", "gossip"], "--codistill-method"),
+    (["--ddp-backend", "fully_sharded"], "--ddp-backend fully_sharded shards each model's weights"),
     (["NO_DIR"], "--codistill-dir is required"),
     (["NO_ID"], "--codistill-id is required"),
     (["FILE_DIR"], "--codistill-dir"),
@@ -437,13 +443,17 @@ def test_ring_with_two_models_is_fine(data_bin, tmp_path):
     parse_and_build(data_bin, tmp_path / "x", ["--codistill-topology", "ring", "--codistill-num-models", "2"])
 
 
+CE = ["--criterion", "codistill_ce"]
 BAD_LAUNCHES = [
     (["--num-models", "1"], "--num-models must be >= 2"),
-    (["--", "data", "--codistill-id", "1"], "--codistill-id is set by the launcher"),
-    (["--", "data", "--save-dir=x"], "--save-dir is set by the launcher"),
+    (["--", "data", *CE, "--codistill-id", "1"], "--codistill-id is set by the launcher"),
+    (["--", "data", *CE, "--save-dir=x"], "--save-dir is set by the launcher"),
     ([], "fairseq-train arguments are missing"),
-    (["--gpus-per-model", "4", "--", "data"], "--gpus-per-model 4 x --num-models 2 needs 8 GPUs"),
-    (["--max-restarts", "-1", "--", "data"], "--max-restarts must be >= 0"),
+    (["--gpus-per-model", "4", "--", "data", *CE], "--gpus-per-model 4 x --num-models 2 needs 8 GPUs"),
+    (["--max-restarts", "-1", "--", "data", *CE], "--max-restarts must be >= 0"),
+    (["--", "data"], "--criterion cross_entropy (fairseq default) ignores the peers"),
+    (["--", "data", "--criterion", "label_smoothed_cross_entropy"],
+     "--criterion label_smoothed_cross_entropy ignores the peers"),
 ]
 
 

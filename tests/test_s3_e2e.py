@@ -151,7 +151,8 @@ def test_a_missing_bucket_fails_before_training_naming_the_flag(data_bin, tmp_pa
     assert "ValueError: --codistill-dir s3://no-such-bucket/x: the bucket or container does not exist" in proc.stderr
     assert not (tmp_path / "m0" / "checkpoint_last.pt").exists()
     launch = run([tool("fairseq-codistill-launch"), "--num-models", "2", "--codistill-dir",
-                  "s3://no-such-bucket/x", "--save-dir", tmp_path / "run", "--", data_bin],
+                  "s3://no-such-bucket/x", "--save-dir", tmp_path / "run", "--", data_bin,
+                  "--criterion", "codistill_ce"],
                  check=False, timeout=120)
     assert launch.returncode == 2 and "--codistill-dir s3://no-such-bucket/x" in launch.stderr
     record_figure("object store", "missing bucket", "fairseq-train and the launcher refuse it "

@@ -201,6 +201,8 @@ def validate(args) -> None:
     _check(args.amp != "bf16" or args.cpu or not torch.cuda.is_available()
            or torch.cuda.is_bf16_supported(),
            "--amp bf16: this GPU does not support bf16; use --amp fp16")
+    _check(args.codistill_method == "distill", f"--codistill-method {args.codistill_method}: the "
+           "vision trainer codistills (distill); LocalSGD and DiLoCo are in the NMT task")
     if args.codistill_dir:
         opts.exchange_config(args).validate()
         check_exchange_dir(args.codistill_dir)

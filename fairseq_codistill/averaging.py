@@ -1,0 +1,263 @@
+"""Sharing weights instead of logits: LocalSGD and DiLoCo through the same exchange.
+
+Every ``--codistill-interval`` (K) updates each model publishes its weights as a snapshot
+(the format, stores, leases, CRCs and dtypes of codistillation: one model per K updates,
+the same bytes), waits up to ``--codistill-wait-for-peers`` seconds for the other models'
+snapshots of the same update, and averages the n of them:
+
+- ``localsgd`` (Stich 2018; Lin et al. 2020): its weights become the mean.
+- ``diloco`` (Douillard et al. 2023): with theta the last shared weights, ``theta - mean``
+  is the outer gradient, and an outer SGD step with Nesterov momentum (``--codistill-outer-lr``
+  0.7, ``--codistill-outer-momentum`` 0.9, DiLoCo's values) gives the next shared weights,
+  which every model continues from. With outer lr 1 and no momentum it is LocalSGD.
+
+Each model keeps its own (inner) optimizer state. Every model averages the same n
+snapshots, its own as its peers read it, summed in model-id order, so all of them hold
+the same weights afterwards, bit for bit. A model missing at an averaging step is waited
+for once, then left out with a warning until it publishes again. The weights averaged
+are those the optimizer steps: the fp32 master copies under mixed precision (the
+caller hands them over). No fairseq import.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+from fairseq_codistill.exchange import Exchange, ExchangeConfig, all_ranks_min, broadcast_from_rank0
+from fairseq_codistill.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.snapshot import (
+    SnapshotError,
+    cast_state_dict,
+    list_snapshots,
+    read_snapshot,
+    snapshot_key,
+)
+
+logger = logging.getLogger(__name__)
+
+Weights = Dict[str, torch.Tensor]
+POLL_SECONDS = 0.1  # between listings while waiting for the other models
+
+
+def mean_of(states: List[Weights]) -> Weights:
+    """The elementwise mean in fp32, summed in the order given: every model passes the
+    same snapshots in the same order, so all compute the same bits."""
+    out = {}
+    for name, first in states[0].items():
+        total = first.float().clone()
+        for state in states[1:]:
+            total.add_(state[name].float())
+        out[name] = total.div_(len(states))
+    return out
+
+
+class OuterSGD:
+    """DiLoCo's outer optimiser over the shared weights theta: ``torch.optim.SGD`` with
+    Nesterov momentum, stepped on the outer gradient ``theta - mean``."""
+
+    def __init__(self, theta: Weights, lr: float, momentum: float):
+        self.names = list(theta)
+        self.theta = [theta[n].detach().float().clone() for n in self.names]
+        self.optimizer = torch.optim.SGD(self.theta, lr=lr, momentum=momentum,
+                                         nesterov=momentum > 0)
+
+    def step(self, mean: Weights) -> Weights:
+        """The next shared weights, from the mean of the models' weights."""
+        for name, theta in zip(self.names, self.theta):
+            theta.grad = theta - mean[name]  # the outer gradient (DiLoCo, Algorithm 1)
+        self.optimizer.step()
+        for theta in self.theta:
+            theta.grad = None  # a model-sized buffer, not kept between steps
+        return dict(zip(self.names, self.theta))
+
+    def state_dict(self) -> dict:
+        return {"theta": dict(zip(self.names, self.theta)),
+                "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, theta in zip(self.names, self.theta):
+            theta.copy_(state["theta"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def as_peers_read(state: Weights, dtype: str) -> Weights:
+    """``state`` (already cast by ``cast_state_dict``) as a peer decodes its snapshot."""
+    return dequantize_int8(quantize_int8(state)) if dtype == "int8" else state
+
+
+class WeightAveraging(Exchange):
+    """One model's side of LocalSGD or DiLoCo (``--codistill-method localsgd|diloco``).
+
+    Call ``step(num_updates, weights, changed)`` once before every update, with
+    ``weights()`` giving the tensors the optimizer steps by name (read, then overwritten
+    in place at an averaging step) and ``changed()`` run after they were overwritten (to
+    copy fp32 masters into a half-precision model). The ranks of a data-parallel job
+    average the same snapshots: rank 0 chooses, every rank reads.
+    """
+
+    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None):
+        super().__init__(cfg, meta, group)
+        self.outer: Optional[OuterSGD] = None  # diloco: built at the first step
+        self._outer_state: Optional[dict] = None  # from a checkpoint, until then
+        self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
+        self.last_averaged: List[int] = []  # the models in the last average
+        self.seconds: Dict[str, float] = {}  # of the last averaging step: wait, read, average
+
+    def step(self, num_updates: int, weights: Callable[[], Weights],
+             changed: Callable[[], None] = lambda: None) -> None:
+        if not self._begin(num_updates):
+            return
+        if self.cfg.method == "diloco" and self.outer is None:
+            self._start_outer(weights())
+        self._started = True
+        if num_updates > 0 and num_updates % self.cfg.interval == 0:
+            self.average(num_updates, weights())
+            changed()
+
+    def _start_outer(self, weights: Weights) -> None:
+        """theta: the weights at the first step (the initial weights, which every model
+        shares), or the shared weights a checkpoint saved."""
+        self.outer = OuterSGD(weights, self.cfg.outer_lr, self.cfg.outer_momentum)
+        if self._outer_state is not None:
+            self.outer.load_state_dict(self._outer_state)
+            self._outer_state = None
+
+    # -- one averaging step ----------------------------------------------------------
+    def average(self, num_updates: int, weights: Weights) -> None:
+        """Publish ``weights``, wait for the others' snapshots of ``num_updates``, and
+        overwrite ``weights`` with the average (localsgd) or the outer step (diloco)."""
+        start = time.monotonic()
+        own = cast_state_dict(weights, self.cfg.dtype)
+        self.last_published = num_updates
+        if self.is_writer:
+            self._queue_write(num_updates, own)
+        present = self._wait_for(num_updates)
+        waited = time.monotonic()
+        states = self._read(num_updates, present, weights)
+        read = time.monotonic()
+        states[self.cfg.model_id] = as_peers_read(own, self.cfg.dtype)
+        ids = sorted(states)
+        mean = mean_of([states[j] for j in ids])
+        new = mean if self.outer is None else self.outer.step(mean)
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                tensor.copy_(new[name])
+        done = time.monotonic()
+        self.last_averaged = ids
+        self.seconds = {"wait": waited - start, "read": read - waited, "average": done - read}
+        logger.info("codistill: averaged models %s at update %d (%s): waited %.2fs, read "
+                    "%.2fs, %s %.2fs", ids, num_updates, self.cfg.method, waited - start,
+                    read - waited, "mean" if self.outer is None else "mean and outer step",
+                    done - read)
+
+    def _wait_for(self, num_updates: int) -> List[int]:
+        """The peers whose snapshot of ``num_updates`` is in the store (rank 0 looks,
+        waiting up to --codistill-wait-for-peers for the others; every rank gets its list)."""
+        present: List[int] = []
+        if self.rank == 0:
+            deadline = time.monotonic() + self.cfg.wait_for_peers
+            while True:
+                versions = self._versions()
+                newest = {j: max(v, default=-1) for j, v in versions.items()}
+                present = [j for j in self.peer_ids if num_updates in versions.get(j, ())]
+                awaited = [j for j in self.peer_ids if j not in present
+                           and self._given_up.get(j) != newest.get(j, -1)]
+                if not awaited or time.monotonic() >= deadline:
+                    break
+                time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            missing = [j for j in self.peer_ids if j not in present]
+            if missing:
+                for j in missing:
+                    self._given_up[j] = newest.get(j, -1)
+                logger.warning(
+                    "codistill: model(s) %s have no snapshot of update %d after %.0fs: "
+                    "averaging the %d model(s) present; they are not waited for again until "
+                    "they publish (are they running, with --codistill-dir %s?)", missing,
+                    num_updates, self.cfg.wait_for_peers, len(present) + 1, self.store.url)
+            self._warn_missing_peers(num_updates, [j for j in missing if newest.get(j, -1) < 0])
+        return [int(j) for j in broadcast_from_rank0(present, self.group, self.world)]
+
+    def _versions(self) -> Dict[int, List[int]]:
+        """The updates of each peer's snapshots in the store; {} while it cannot be listed."""
+        try:
+            out = {j: [i.num_updates for i in list_snapshots(self.store, j)] for j in self.peer_ids}
+        except Exception as e:
+            if self._outage.failed():
+                logger.warning("codistill: cannot list %s (%s); waiting for it to answer",
+                               self.store.url, e)
+            return {}
+        self._store_answers()
+        return out
+
+    def _read(self, num_updates: int, present: List[int], weights: Weights) -> Dict[int, Weights]:
+        """The snapshots of ``present`` that every rank read and can average."""
+        read: Dict[int, Optional[Weights]] = {}
+        for j in present:
+            key = snapshot_key(j, num_updates)
+            try:
+                snap = read_snapshot(self.store, key)
+                if snap.model_id != j or snap.num_updates != num_updates:
+                    raise SnapshotError(f"{key} claims to be model {snap.model_id} at update "
+                                        f"{snap.num_updates}")
+                _check_same_weights(key, snap.state_dict, weights)
+                read[j] = snap.state_dict
+                self.bytes_read += snap.nbytes
+            except Exception as e:  # SnapshotError, a store that went down ...
+                logger.warning("codistill: leaving model %d out of the average at update %d: %s",
+                               j, num_updates, e)
+                read[j] = None
+        status = all_ranks_min([1 if read[j] is not None else -1 for j in present], self.group,
+                          self.world, next(iter(weights.values())).device)
+        self.num_loads += sum(s == 1 for s in status)
+        return {j: read[j] for j, s in zip(present, status) if s == 1}
+
+    def metrics(self) -> Dict[str, float]:
+        """Also, of the last averaging step: ``averaged_models``, how many were averaged
+        (this one included), and ``average_wait``, the seconds it waited for them."""
+        if not self.last_averaged:
+            return super().metrics()
+        return {**super().metrics(), "averaged_models": len(self.last_averaged),
+                "average_wait": self.seconds["wait"]}
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.outer is not None:
+            state["outer"] = self.outer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Counters resume; diloco's shared weights and momentum are restored at the next step."""
+        super().load_state_dict(state)
+        # Copies: the state may be memory-mapped from a checkpoint file that the trainer
+        # overwrites in place (fairseq copies each new checkpoint onto checkpoint_last.pt).
+        self._outer_state = _copied(state.get("outer"))
+        self.outer = None
+
+    def _never_had_a_peer(self) -> str:
+        return "never averaged with another model: it trained alone"
+
+
+def _copied(value):
+    """``value`` with every tensor in it copied into memory of its own."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied(v) for v in value)
+    return value
+
+
+def _check_same_weights(key: str, theirs: Weights, ours: Weights) -> None:
+    """Averaging needs the same tensors, by name and shape, in every model."""
+    for name, tensor in ours.items():
+        other = theirs.get(name)
+        if other is None or other.shape != tensor.shape:
+            raise SnapshotError(
+                f"{key} has {'no ' + name if other is None else f'{name} of shape {tuple(other.shape)}'}"
+                f" where this model has {tuple(tensor.shape)}: averaging needs models of one "
+                "architecture (--codistill-method distill codistills models that differ)")

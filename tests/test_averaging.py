@@ -1,0 +1,261 @@
+"""LocalSGD and DiLoCo over the exchange, in-process: the mean and the outer step against
+hand-worked values and torch's own SGD, two models averaging through a directory, a
+missing model, the outer state in a checkpoint, and the fp32 masters of fairseq's
+mixed-precision optimizer."""
+import concurrent.futures
+import logging
+import time
+
+import pytest
+import torch
+
+from fairseq_codistill import averaging as avg
+from fairseq_codistill import exchange as ex
+
+from test_exchange import exchange_config
+
+
+def test_the_mean_of_known_weights():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    b = {"w": torch.tensor([3.0, 6.0]), "b": torch.tensor([-0.5])}
+    c = {"w": torch.tensor([2.0, 1.0], dtype=torch.float16), "b": torch.tensor([3.0], dtype=torch.bfloat16)}
+    mean = avg.mean_of([a, b, c])
+    # w: (1 + 3 + 2) / 3 = 2, (2 + 6 + 1) / 3 = 3; b: (0.5 - 0.5 + 3) / 3 = 1; always fp32
+    assert torch.equal(mean["w"], torch.tensor([2.0, 3.0])) and torch.equal(mean["b"], torch.tensor([1.0]))
+    assert mean["w"].dtype == torch.float32
+    assert torch.equal(a["w"], torch.tensor([1.0, 2.0]))  # inputs untouched
+
+
+def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
+    outer = avg.OuterSGD({"w": torch.tensor([1.0, -2.0])}, lr=0.7, momentum=0.9)
+    # step 1: g = theta - mean = (1 - 0.6, -2 - -1) = (0.4, -1); buf = g;
+    # theta -= 0.7 * (g + 0.9 buf) = 0.7 * 1.9 g: 1 - 0.532 = 0.468, -2 + 1.33 = -0.67
+    theta = outer.step({"w": torch.tensor([0.6, -1.0])})["w"]
+    assert torch.allclose(theta, torch.tensor([0.468, -0.67]), atol=1e-6)
+    # step 2: g = 0.468 - 0.3 = 0.168; buf = 0.9 * 0.4 + 0.168 = 0.528;
+    # theta -= 0.7 * (0.168 + 0.9 * 0.528) = 0.7 * 0.6432 = 0.45024 -> 0.01776
+    theta = outer.step({"w": torch.tensor([0.3, -0.67])})["w"]
+    assert theta[0].item() == pytest.approx(0.01776, abs=1e-6)
+
+    # the same as torch.optim.SGD(nesterov=True) on a parameter whose gradient is theta - mean
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    sgd = torch.optim.SGD([p], lr=0.7, momentum=0.9, nesterov=True)
+    for mean in (torch.tensor([0.6, -1.0]), torch.tensor([0.3, -0.67])):
+        p.grad = p.detach() - mean
+        sgd.step()
+    assert torch.equal(theta, p.detach())
+
+
+def test_outer_lr_one_without_momentum_is_localsgd():
+    outer = avg.OuterSGD({"w": torch.tensor([4.0])}, lr=1.0, momentum=0.0)
+    assert torch.equal(outer.step({"w": torch.tensor([2.5])})["w"], torch.tensor([2.5]))
+
+
+# -- two models in one process ------------------------------------------------------------
+
+
+def averaging(root, model_id, method="localsgd", **kw):
+    cfg = exchange_config(root, model_id, method=method, wait_for_peers=kw.pop("wait_for_peers", 30.0),
+                          **{"dtype": "fp32", **kw})
+    return avg.WeightAveraging(cfg, meta={"arch": "linear"})
+
+
+def linear(weight, bias):
+    m = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([weight])), m.bias.copy_(torch.tensor([bias]))
+    return m
+
+
+def weights_of(model):
+    return lambda: dict(model.named_parameters())
+
+
+def step_both(xs, models, num_updates):
+    """Each model's step in its own thread: an averaging step waits for the others."""
+    with concurrent.futures.ThreadPoolExecutor(len(xs)) as pool:
+        for f in [pool.submit(x.step, num_updates, weights_of(m)) for x, m in zip(xs, models)]:
+            f.result(timeout=60)
+
+
+def test_two_models_replace_their_weights_with_the_mean(tmp_path):
+    m0, m1 = linear([1.0, 2.0], 0.0), linear([3.0, -2.0], 1.0)
+    xs = [averaging(tmp_path, 0), averaging(tmp_path, 1)]
+    try:
+        step_both(xs, (m0, m1), 0)
+        assert torch.equal(m0.weight.detach(), torch.tensor([[1.0, 2.0]]))  # update 0: nothing
+        step_both(xs, (m0, m1), 5)  # interval 5
+        for m in (m0, m1):  # ((1 + 3) / 2, (2 - 2) / 2), bias (0 + 1) / 2
+            assert torch.equal(m.weight.detach(), torch.tensor([[2.0, 0.0]]))
+            assert torch.equal(m.bias.detach(), torch.tensor([0.5]))
+        assert xs[0].last_averaged == [0, 1] and xs[0].num_loads == 1 and xs[0].bytes_read > 0
+        assert set(xs[0].seconds) == {"wait", "read", "average"}
+    finally:
+        for x in xs:
+            x.close()
+
+
+def test_diloco_steps_the_shared_weights_with_the_models_mean_change(tmp_path):
+    m0, m1 = linear([1.0, 1.0], 0.0), linear([1.0, 1.0], 0.0)  # one initial theta
+    xs = [averaging(tmp_path, i, "diloco") for i in (0, 1)]
+    try:
+        step_both(xs, (m0, m1), 0)  # theta = the initial weights
+        with torch.no_grad():  # 5 inner steps later
+            m0.weight.copy_(torch.tensor([[0.8, 1.2]])), m1.weight.copy_(torch.tensor([[0.4, 1.0]]))
+        step_both(xs, (m0, m1), 5)
+        # mean (0.6, 1.1); g = theta - mean = (0.4, -0.1); theta -= 0.7 * 1.9 * g
+        expected = torch.tensor([[1 - 0.532, 1 + 0.133]])
+        for m in (m0, m1):
+            assert torch.allclose(m.weight.detach(), expected, atol=1e-6)
+        assert torch.equal(m0.weight, m1.weight)  # the same bits in both models
+    finally:
+        for x in xs:
+            x.close()
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_models_agree_bit_for_bit_after_averaging_rounded_snapshots(tmp_path, dtype):
+    """Each model averages its own weights as its peers read them, so all agree."""
+    torch.manual_seed(0)
+    m0, m1 = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    before = m0.weight.detach().clone()
+    xs = [averaging(tmp_path, i, dtype=dtype) for i in (0, 1)]
+    try:
+        step_both(xs, (m0, m1), 5)
+        assert torch.equal(m0.weight, m1.weight) and torch.equal(m0.bias, m1.bias)
+        assert not torch.equal(m0.weight, before)
+    finally:
+        for x in xs:
+            x.close()
+
+
+def test_a_missing_model_is_waited_for_once_then_left_out(tmp_path, caplog):
+    m0 = linear([1.0, 2.0], 0.0)
+    x0 = averaging(tmp_path, 0, wait_for_peers=0.5)
+    try:
+        with caplog.at_level(logging.WARNING):
+            start = time.monotonic()
+            x0.step(5, weights_of(m0))
+            first = time.monotonic() - start
+            start = time.monotonic()
+            x0.step(10, weights_of(m0))
+            second = time.monotonic() - start
+        assert first >= 0.5 and second < 0.4  # not waited for again: it never published
+        warned = [r.message for r in caplog.records if "no snapshot of update" in r.message]
+        assert len(warned) == 2 and "model(s) [1] have no snapshot of update 5 after 0s" in warned[0]
+        assert torch.equal(m0.weight.detach(), torch.tensor([[1.0, 2.0]]))  # its own mean
+        assert x0.last_averaged == [0]
+    finally:
+        with caplog.at_level(logging.WARNING):
+            x0.close()
+    assert "model 0 never averaged with another model" in caplog.records[-1].message
+
+
+def test_a_model_of_another_shape_is_left_out(tmp_path, caplog):
+    m0, m1 = torch.nn.Linear(2, 1), torch.nn.Linear(3, 1)
+    xs = [averaging(tmp_path, 0), averaging(tmp_path, 1)]
+    try:
+        before = m0.weight.detach().clone()
+        with caplog.at_level(logging.WARNING):
+            step_both(xs, (m0, m1), 5)
+        assert torch.equal(m0.weight.detach(), before)
+        assert any("leaving model 1 out of the average at update 5" in r.message
+                   and "averaging needs models of one architecture" in r.message for r in caplog.records)
+    finally:
+        for x in xs:
+            x.close()
+
+
+def test_the_outer_state_resumes_where_it_was(tmp_path):
+    """DiLoCo's shared weights and momentum go into the checkpoint: a resumed exchange
+    makes the same outer steps as one that never stopped."""
+    def run(root, stop_at=None):
+        m0, m1 = linear([1.0, 1.0], 0.0), linear([1.0, 1.0], 0.0)
+        xs = [averaging(root, i, "diloco") for i in (0, 1)]
+        for u in (0, 5, 10, 15):
+            if u == stop_at:  # a restart: new exchanges from the saved state
+                states = [x.state_dict() for x in xs]
+                for x in xs:
+                    x.close()
+                xs = [averaging(root, i, "diloco") for i in (0, 1)]
+                for x, state in zip(xs, states):
+                    x.load_state_dict(state)
+            step_both(xs, (m0, m1), u)
+            with torch.no_grad():  # inner steps
+                m0.weight.add_(torch.tensor([[-0.1, 0.05]])), m1.weight.add_(torch.tensor([[0.02, -0.2]]))
+        for x in xs:
+            x.close()
+        return m0.weight.detach()
+
+    assert torch.equal(run(tmp_path / "a"), run(tmp_path / "b", stop_at=10))
+
+
+def test_models_that_disagree_on_the_method_fail_at_start_up(tmp_path):
+    x0 = averaging(tmp_path, 0, "diloco")
+    try:
+        with pytest.raises(ValueError, match=r"^--codistill-method localsgd disagrees with model 0"):
+            averaging(tmp_path, 1, "localsgd")
+    finally:
+        x0.close()
+
+
+@pytest.mark.parametrize("change, flag", [
+    ({"wait_for_peers": 0.0}, "--codistill-wait-for-peers"),
+    ({"topology": "ring"}, "--codistill-topology"),
+    ({"max_lead": 5}, "--codistill-max-lead"),
+    ({"outer_lr": 0.0}, "--codistill-outer-lr"),
+    ({"outer_momentum": 1.0}, "--codistill-outer-momentum"),
+    ({"method": "gossip"}, "--codistill-method"),
+])
+def test_averaging_settings_name_the_bad_flag(tmp_path, change, flag):
+    cfg = exchange_config(tmp_path, method="diloco", wait_for_peers=10.0)
+    cfg.validate()
+    for k, v in change.items():
+        setattr(cfg, k, v)
+    with pytest.raises(ValueError, match=flag):
+        cfg.validate()
+
+
+# -- what fairseq's optimizer steps ---------------------------------------------------------
+
+
+def test_the_weights_averaged_are_the_fp32_masters_of_a_bf16_model():
+    from fairseq import options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.optim.fp16_optimizer import FP16Optimizer
+
+    from fairseq_codistill.task import sync_half_precision_copy, trained_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).to(torch.bfloat16)
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "data", "--arch", "transformer", "--optimizer", "sgd", "--lr", "0.1", "--bf16", "--cpu"])
+    cfg = convert_namespace_to_omegaconf(args)
+    optimizer = FP16Optimizer.build_optimizer(cfg, list(model.parameters()))
+    weights = trained_weights(model, optimizer)
+    assert set(weights) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert all(t.dtype == torch.float32 for t in weights.values())
+    # the optimizer's own fp32 copies, not new ones
+    assert {t.data_ptr() for t in weights.values()} == {p.data_ptr() for p in optimizer.fp32_params}
+    weights["0.weight"].fill_(0.123456789)  # what an averaging step does, then the sync
+    sync_half_precision_copy(optimizer)
+    assert torch.equal(model[0].weight, torch.full((3, 4), 0.123456789).to(torch.bfloat16))
+    assert optimizer.fp32_params[0].data[0, 0].item() == pytest.approx(0.123456789)  # kept in fp32
+
+
+def test_flat_fp32_masters_are_sliced_in_parameter_order():
+    """fairseq flattens the masters of --fp16 on a GPU into one buffer per device."""
+    from fairseq_codistill.task import trained_weights
+
+    model = torch.nn.Linear(2, 3)  # weight (3, 2), then bias (3,)
+
+    class FlatOptimizer:
+        fp16_params = list(model.parameters())
+        fp32_params = {None: torch.arange(9.0)}  # None: the CPU's device index
+        has_flat_params = True
+
+    weights = trained_weights(model, FlatOptimizer())
+    assert torch.equal(weights["weight"], torch.arange(6.0).view(3, 2))
+    assert torch.equal(weights["bias"], torch.tensor([6.0, 7.0, 8.0]))
+    weights["bias"].zero_()
+    assert torch.equal(FlatOptimizer.fp32_params[None][6:], torch.zeros(3))  # views, not copies
