@@ -42,6 +42,13 @@ the peer in is compared with one update of the model:
 
     stall_swap_<dtype>     = main-thread time in step() at a swap / one update  (< 0.05)
 
+and a ``WeightAveraging`` (``--codistill-method localsgd`` and ``diloco``) takes one
+averaging step with its peer's snapshot already in the store, so that it waits for
+nobody; what that step costs beyond waiting (the CPU copy it publishes, reading the peer's
+snapshot, the mean and, for DiLoCo, the outer step) is compared with one update:
+
+    averaging_<method>_<dtype> = (publish + read + mean [+ outer step]) / one update  (< 0.1)
+
     python benchmarks/exchange.py            # 210M parameters, fp32 fp16 bf16 int8
     python benchmarks/exchange.py --quick    # 20M parameters: under a minute
 
@@ -325,6 +332,30 @@ def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: str, device, m
     return out
 
 
+def averaging_costs(model, optimizer, dtype: str, root: str, method: str) -> dict:
+    """Seconds of one averaging step of model 0, model 1's snapshot of that update in
+    ``root`` already, by part: publish, wait, read, average."""
+    from fairseq_codistill.averaging import WeightAveraging
+    from fairseq_codistill.task import trained_weights
+
+    interval = 1000
+    cfg = opts.exchange_config(opts.defaults(
+        codistill_dir=root, codistill_id=0, codistill_interval=interval, codistill_method=method,
+        codistill_snapshot_dtype=dtype, codistill_wait_for_peers=60.0))
+    exchange = WeightAveraging(cfg)
+    try:
+        weights = trained_weights(model, optimizer)
+        exchange.step(0, lambda: weights)  # DiLoCo keeps the shared weights from here
+        write_snapshot(root, 1, interval, cast_state_dict(weights, dtype), dtype=dtype)
+        exchange.step(interval, lambda: weights)
+        exchange.wait_for_write()
+        if exchange.last_averaged != [0, 1]:
+            raise RuntimeError(f"averaged {exchange.last_averaged}, not models [0, 1]")
+        return dict(exchange.seconds)
+    finally:
+        exchange.close()
+
+
 def exchange_criterion(task, exchange):
     return common.codistill_criterion(task, exchange.active_peers(), alpha=1.0)
 
@@ -376,6 +407,9 @@ def main(argv=None):
         ref = common.interleaved(
             {"update": lambda: common.update(task, model, criterion, optimizer, sample)},
             reps=3, warmup=0, device=device)["update"]
+        del criterion  # the peer model: averaging needs the memory
+        averaging = {(m, d): averaging_costs(model, optimizer, d, f"{root}/avg-{m}-{d}", m)
+                     for m in ("localsgd", "diloco") for d in args.dtypes}
     finally:
         cleanup()
 
@@ -439,6 +473,16 @@ def main(argv=None):
         print(common.ratio_line(f"update_while_loading_{d}",
                                 common.median(s["updates_while_loading"]) / t_update,
                                 "update time while a peer loads in the background / one update"))
+
+
+    for (method, d), t in averaging.items():
+        print(f"time  averaging {method:<8s} {d:<5s} publish {t['publish']:.4f} s, read {t['read']:.4f} s, "
+              f"{'mean' if method == 'localsgd' else 'mean + outer step'} {t['average']:.4f} s "
+              f"(waited {t['wait']:.4f} s)")
+        beyond = (t["publish"] + t["read"] + t["average"]) / t_update
+        print(common.ratio_line(f"averaging_{method}_{d}", beyond,
+                                "an averaging step beyond waiting for the peers / one update",
+                                "< 0.1", beyond < 0.1))
 
 
 def bytes_line(name: str, nbytes: int, what: str) -> str:

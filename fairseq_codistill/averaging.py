@@ -42,14 +42,15 @@ Weights = Dict[str, torch.Tensor]
 POLL_SECONDS = 0.1  # between listings while waiting for the other models
 
 
-def mean_of(states: List[Weights]) -> Weights:
-    """The elementwise mean in fp32, summed in the order given: every model passes the
-    same snapshots in the same order, so all compute the same bits."""
+def mean_of(states: List[Weights], device: Optional[torch.device] = None) -> Weights:
+    """The elementwise mean in fp32 on ``device`` (default: where the tensors are), summed
+    in the order given: every model passes the same snapshots in the same order, so all
+    compute the same bits."""
     out = {}
     for name, first in states[0].items():
-        total = first.float().clone()
+        total = first.to(device or first.device, torch.float32, copy=True)
         for state in states[1:]:
-            total.add_(state[name].float())
+            total.add_(state[name].to(total.device))  # fp16 or bf16 is cast as it is read
         out[name] = total.div_(len(states))
     return out
 
@@ -65,9 +66,10 @@ class OuterSGD:
                                          nesterov=momentum > 0)
 
     def step(self, mean: Weights) -> Weights:
-        """The next shared weights, from the mean of the models' weights."""
+        """The next shared weights, from the mean of the models' weights (overwritten)."""
         for name, theta in zip(self.names, self.theta):
-            theta.grad = theta - mean[name]  # the outer gradient (DiLoCo, Algorithm 1)
+            # the outer gradient theta - mean (DiLoCo, Algorithm 1), in the mean's buffer
+            theta.grad = torch.sub(theta, mean[name], out=mean[name])
         self.optimizer.step()
         for theta in self.theta:
             theta.grad = None  # a model-sized buffer, not kept between steps
@@ -129,29 +131,32 @@ class WeightAveraging(Exchange):
     def average(self, num_updates: int, weights: Weights) -> None:
         """Publish ``weights``, wait for the others' snapshots of ``num_updates``, and
         overwrite ``weights`` with the average (localsgd) or the outer step (diloco)."""
-        start = time.monotonic()
+        times = [time.monotonic()]
         own = cast_state_dict(weights, self.cfg.dtype)
         self.last_published = num_updates
         if self.is_writer:
             self._queue_write(num_updates, own)
+        times.append(time.monotonic())
         present = self._wait_for(num_updates)
-        waited = time.monotonic()
+        times.append(time.monotonic())
         states = self._read(num_updates, present, weights)
-        read = time.monotonic()
+        times.append(time.monotonic())
         states[self.cfg.model_id] = as_peers_read(own, self.cfg.dtype)
         ids = sorted(states)
-        mean = mean_of([states[j] for j in ids])
+        # on the model's device: a GPU sums and steps a model in a fraction of a CPU's time
+        mean = mean_of([states[j] for j in ids], device=next(iter(weights.values())).device)
         new = mean if self.outer is None else self.outer.step(mean)
         with torch.no_grad():
             for name, tensor in weights.items():
                 tensor.copy_(new[name])
-        done = time.monotonic()
+        times.append(time.monotonic())
         self.last_averaged = ids
-        self.seconds = {"wait": waited - start, "read": read - waited, "average": done - read}
-        logger.info("codistill: averaged models %s at update %d (%s): waited %.2fs, read "
-                    "%.2fs, %s %.2fs", ids, num_updates, self.cfg.method, waited - start,
-                    read - waited, "mean" if self.outer is None else "mean and outer step",
-                    done - read)
+        # publish: the CPU copy in the snapshot dtype (the write runs in the background)
+        self.seconds = {k: b - a for k, a, b in zip(("publish", "wait", "read", "average"), times, times[1:])}
+        logger.info("codistill: averaged models %s at update %d (%s): published %.2fs, waited "
+                    "%.2fs, read %.2fs, %s %.2fs", ids, num_updates, self.cfg.method,
+                    self.seconds["publish"], self.seconds["wait"], self.seconds["read"],
+                    "mean" if self.outer is None else "mean and outer step", self.seconds["average"])
 
     def _wait_for(self, num_updates: int) -> List[int]:
         """The peers whose snapshot of ``num_updates`` is in the store (rank 0 looks,

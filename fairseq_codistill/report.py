@@ -13,6 +13,7 @@ alpha, and the distance of the weights from their initial values, all against up
 import argparse
 import json
 import re
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,8 @@ class Series:
     valid: List[Dict[str, float]] = field(default_factory=list)   # valid records
     setup: Dict[str, object] = field(default_factory=dict)        # params, criterion ...
     done_seconds: Optional[float] = None
-    eval: Optional[dict] = None
+    eval: Optional[dict] = None  # of checkpoint_last.pt (eval.json)
+    eval_best: Optional[dict] = None  # of checkpoint_best.pt (eval-best.json), where evaluated
     kind: Optional[str] = None  # "codistill" or another kind of run, when known from elsewhere
     said_no_peer: bool = False  # its log says it trained without any peer
 
@@ -98,8 +100,8 @@ def _parse_config(line: str, setup: dict) -> None:
         setup["label_smoothing"] = float(smoothing.group(1)) if smoothing else 0.0
 
 
-def _read_eval(directory: Path) -> Optional[dict]:
-    path = directory / "eval.json"
+def _read_eval(directory: Path, name: str = "eval.json") -> Optional[dict]:
+    path = directory / name
     if not path.is_file():
         return None
     try:
@@ -127,6 +129,7 @@ def load_run(run_dir: Path) -> List[Series]:
         log = directory / "train.log"
         s = parse_log(log.read_text(errors="replace"), label, log)
         s.eval = _read_eval(directory)
+        s.eval_best = _read_eval(directory, "eval-best.json")
         series.append(s)
     ensemble = _read_eval(run_dir / "ensemble")
     if ensemble is not None:
@@ -197,6 +200,7 @@ class Row:
     train_nll: Optional[float] = None
     valid_nll: Optional[float] = None
     bleu: Optional[float] = None
+    chrf: Optional[float] = None
     bytes: Optional[float] = None
     wall: Optional[float] = None
 
@@ -210,7 +214,7 @@ def table_row(series: Series, allreduce_workers: Optional[int] = None) -> Row:
     if series.valid:
         row.valid_nll = series.valid[-1].get("nll_loss")
     if series.eval:
-        row.bleu = series.eval.get("bleu")
+        row.bleu, row.chrf = series.eval.get("bleu"), series.eval.get("chrf")
         if row.valid_nll is None:
             row.valid_nll = series.eval.get("valid_nll")
     return row
@@ -237,12 +241,14 @@ def _fmt(value: Optional[float], digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-HEADER = ["run", "updates", "train loss", "train NLL", "val NLL", "BLEU", "bytes received", "wall time"]
+HEADER = ["run", "updates", "train loss", "train NLL", "val NLL", "BLEU", "chrF", "bytes received",
+          "wall time"]
 
 
 def row_cells(row: Row) -> List[str]:
     return [row.label, _fmt(row.updates, 0), _fmt(row.train_loss, 3), _fmt(row.train_nll, 3),
-            _fmt(row.valid_nll, 3), _fmt(row.bleu, 2), human_bytes(row.bytes), human_seconds(row.wall)]
+            _fmt(row.valid_nll, 3), _fmt(row.bleu, 2), _fmt(row.chrf, 2), human_bytes(row.bytes),
+            human_seconds(row.wall)]
 
 
 def markdown_table(rows: Sequence[Row]) -> str:
@@ -334,21 +340,38 @@ def setup_line(series: Series) -> str:
 
 def comparison(rows: Sequence[Row]) -> List[str]:
     """What codistillation adds over the model trained alone (row ``control``) and how far
-    it is from all-reduce (row ``baseline``), in val NLL: empty without those rows."""
+    it is from all-reduce (row ``baseline``), in val NLL and in BLEU, each called better or
+    worse on its own: empty without those rows."""
     models = [r for r in rows if MODEL_DIR.match(r.label.rsplit("/", 1)[-1]) and r.valid_nll is not None]
     by_label = {r.label: r for r in rows}
     if not models:
         return []
-    mean = sum(r.valid_nll for r in models) / len(models)
-    lines = [f"codistilled models: mean val NLL {mean:.3f} over {len(models)} "
-             f"(best {min(r.valid_nll for r in models):.3f})"]
+    nll = statistics.fmean(r.valid_nll for r in models)
+    bleus = [r.bleu for r in models if r.bleu is not None]
+    bleu = statistics.fmean(bleus) if len(bleus) == len(models) else None
+    lines = [f"codistilled models: mean val NLL {nll:.3f} over {len(models)} "
+             f"(best {min(r.valid_nll for r in models):.3f})"
+             + (f", mean BLEU {bleu:.2f}" if bleu is not None else "")]
     for label, what in (("control", "the same model trained alone"), ("baseline", "all-reduce")):
         other = by_label.get(label)
-        if other is not None and other.valid_nll is not None:
-            diff = mean - other.valid_nll
-            verdict = "better" if diff < 0 else "worse"
-            lines.append(f"vs {what} ({label}, {other.valid_nll:.3f}): {diff:+.3f} ({verdict})")
+        if other is None or other.valid_nll is None:
+            continue
+        parts = [_verdict("val NLL", nll - other.valid_nll, 3, lower_is_better=True)]
+        shown = f"{other.valid_nll:.3f}"
+        if bleu is not None and other.bleu is not None:
+            parts.append(_verdict("BLEU", bleu - other.bleu, 2, lower_is_better=False))
+            shown += f", BLEU {other.bleu:.2f}"
+        lines.append(f"vs {what} ({label}, {shown}): " + "; ".join(parts))
     return lines if len(lines) > 1 else []
+
+
+def _verdict(measure: str, diff: float, digits: int, lower_is_better: bool) -> str:
+    """'val NLL -0.138 (better)': better or worse in this measure only."""
+    if round(diff, digits) == 0:
+        word = "level"
+    else:
+        word = "better" if (diff < 0) == lower_is_better else "worse"
+    return f"{measure} {diff:+.{digits}f} ({word})"
 
 
 def peerless(series: Sequence[Series]) -> List[str]:
@@ -375,7 +398,7 @@ def write_report(out: Path, series: Sequence[Series], allreduce_workers: Optiona
              "latest log interval of a run still in progress).",
              "- *val NLL*: fairseq's validation NLL per target token in **base 2**, as logged at "
              "the last validation (from eval.json for an ensemble).",
-             "- *BLEU*: sacrebleu on detokenized output, from eval.json where it exists.",
+             "- *BLEU*, *chrF*: sacrebleu on detokenized output, from eval.json where it exists.",
              "- *bytes received*: codistilled models, the peer snapshots each one read; "
              "all-reduce, a ring all-reduce estimate, 2(W-1)/W x 4 bytes per parameter per update"
              + (f" with W = {allreduce_workers} (--allreduce-workers)" if allreduce_workers else "")

@@ -1,29 +1,42 @@
-"""A study's summary: each configuration's mean and spread over seeds, its curves, and
-the paper's five claims measured against the all-reduce baseline and the lone control.
+"""A study's summary: each configuration's mean and spread over seeds, its curves, the
+paper's claims judged in validation NLL and in BLEU, and the methods that send the same
+bytes side by side.
 
 A study directory holds one folder per run (any depth), each with a ``study.json`` that
-``recipes/study.sh`` writes beside the run's ``train.log`` or ``model*/train.log``:
+``recipes/study.sh`` writes beside the run's ``train.log`` or ``model*/train.log``, and
+``eval.json`` / ``eval-best.json`` beside each log (BLEU and chrF of checkpoint_last.pt
+and of checkpoint_best.pt, the best by validation NLL):
 
-    {"group": "codistill-a0.1-g1.1-k40", "kind": "codistill", "seed": 1, "regime": true,
-     "dropout": 0.1, "alpha": 0.1, "gamma": 1.1, "interval": 40, "burn_in": 0, "loss": "mse"}
+    {"group": "codistill-a0.1-k40", "kind": "codistill", "seed": 1, "regime": true,
+     "lang_pair": "de-en", "updates": 480, "tokens": 1024, "fraction": 0.0625, "layers": 3,
+     "dropout": 0.1, "alpha": 0.1, "gamma": 1.1, "interval": 40, "burn_in": 0, "loss": "mse",
+     "snapshot": "fp16", "peer_layers": 3}
 
-``kind`` is ``baseline`` (all-reduce), ``control`` (one model alone) or ``codistill`` (a
-pair; both models count as samples). The run marked ``regime`` is the configuration the
-claims are about. Written by ``fairseq-codistill-report --study DIR``.
+``kind`` is ``baseline`` (all-reduce), ``control`` (one model alone), ``codistill``,
+``localsgd`` or ``diloco`` (a pair; both models count as samples). Runs of one *setting*
+(language pair, updates, tokens per worker, data fraction, layers) are compared with each
+other; the run marked ``regime`` is the configuration the claims are about, and in every
+other setting the codistilled line with the regime's other settings stands for it.
+Written by ``fairseq-codistill-report --study DIR``.
 """
 import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from fairseq_codistill.report import Series, curve, human_seconds, load_run, wall_seconds
+from fairseq_codistill.report import Series, curve, human_bytes, human_seconds, load_run, wall_seconds
 
 KINDS = ("baseline", "control", "codistill", "localsgd", "diloco")
-# Parameters that tell two codistill configurations apart, in the order of the table.
-KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot")
-# A knob a run's study.json may lack (written before the knob existed): its value then.
+PAIRS = ("codistill", "localsgd", "diloco")
+# What makes runs comparable: the same data, model and budget of updates and tokens.
+SETTING = ("lang_pair", "updates", "tokens", "fraction", "layers")
+# Parameters that tell two configurations of one setting apart, in the order of the table.
+KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot", "peer_layers")
+# A knob a codistill run's study.json may lack (written before the knob existed): its value then.
 KNOB_DEFAULTS = {"snapshot": "fp16"}
+# The regime's knobs that a longer run changes with it (gamma follows the run length).
+FOLLOWS_SETTING = ("gamma",)
 
 
 @dataclass
@@ -41,10 +54,13 @@ class Stat:
         """max - min: with 2-3 seeds, more telling (and harsher) than a standard deviation."""
         return max(self.values) - min(self.values)
 
-    def __str__(self) -> str:
+    def format(self, digits: int = 3) -> str:
         if len(self.values) == 1:
-            return f"{self.values[0]:.3f}"
-        return f"{self.mean:.3f} ± {self.spread / 2:.3f}"
+            return f"{self.values[0]:.{digits}f}"
+        return f"{self.mean:.{digits}f} ± {self.spread / 2:.{digits}f}"
+
+    def __str__(self) -> str:
+        return self.format()
 
 
 @dataclass
@@ -52,6 +68,7 @@ class Group:
     name: str
     kind: str
     params: dict
+    setting: tuple
     regime: bool = False
     runs: Dict[int, List[Series]] = field(default_factory=dict)  # seed -> its model(s)
 
@@ -59,9 +76,17 @@ class Group:
     def models(self) -> List[Series]:
         return [s for seed in sorted(self.runs) for s in self.runs[seed]]
 
-    def stat(self, figure) -> Optional[Stat]:
-        values = [v for v in (figure(s) for s in self.models) if v is not None]
+    def stat(self, figure, model: Optional[int] = None) -> Optional[Stat]:
+        """``figure`` over the models (only model ``model`` of each pair, if given)."""
+        models = self.models if model is None else [
+            runs[model] for _, runs in sorted(self.runs.items()) if len(runs) > model]
+        values = [v for v in (figure(s) for s in models) if v is not None]
         return Stat(values) if values else None
+
+    @property
+    def heterogeneous(self) -> bool:
+        return self.kind == "codistill" and self.params.get("peer_layers", self.params.get("layers")) \
+            != self.params.get("layers")
 
 
 # -- figures of one model ----------------------------------------------------------------
@@ -71,11 +96,12 @@ def _last(records: Sequence[dict], key: str) -> Optional[float]:
 
 
 def final_valid(series: Series) -> Optional[float]:
-    """Validation NLL at the last validation (all runs of a study stop at the same update)."""
+    """Validation NLL at the last validation (all runs of a setting stop at the same update)."""
     return _last(series.valid, "nll_loss")
 
 
 def best_valid(series: Series) -> Optional[float]:
+    """The lowest validation NLL: that of checkpoint_best.pt."""
     values = curve(series.valid, "nll_loss")[1]
     return min(values) if values else None
 
@@ -86,6 +112,32 @@ def final_train(series: Series) -> Optional[float]:
 
 def final_param_dist(series: Series) -> Optional[float]:
     return _last(series.inner, "param_dist")
+
+
+def score(metric: str, checkpoint: str) -> Callable[[Series], Optional[float]]:
+    """BLEU or chrF (``metric`` "bleu", "chrf") of the ``checkpoint`` "last" or "best"."""
+    def figure(series: Series) -> Optional[float]:
+        result = series.eval if checkpoint == "last" else series.eval_best
+        value = (result or {}).get(metric)
+        return float(value) if value is not None else None
+
+    figure.__name__ = f"{metric}_{checkpoint}"
+    return figure
+
+
+def bytes_per_update(series: Series) -> Optional[float]:
+    """Bytes this model received from the others per update: a pair's snapshots as read
+    (``codistill_bytes``); 0 for a model alone. All-reduce: see ``allreduce_bytes``."""
+    received = _last(series.inner, "codistill_bytes")
+    updates = _last(series.inner, "num_updates")
+    return received / updates if received is not None and updates else None
+
+
+def allreduce_bytes(series: Series, workers: int = 2) -> Optional[float]:
+    """A ring all-reduce of fp32 gradients over ``workers``: 2 (W-1)/W x 4 bytes per
+    parameter per update, received by each worker."""
+    params = series.setup.get("params")
+    return 2 * (workers - 1) / workers * 4 * params if params else None
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -102,7 +154,7 @@ def load_study(root: Path) -> List[Group]:
         if not series:
             continue
         group = groups.setdefault(meta["group"], Group(
-            meta["group"], meta["kind"], _params(meta)))
+            meta["group"], meta["kind"], _params(meta), tuple(meta.get(k) for k in SETTING)))
         group.regime = group.regime or bool(meta.get("regime"))
         group.runs[int(meta["seed"])] = series
     order = {kind: i for i, kind in enumerate(KINDS)}
@@ -110,120 +162,297 @@ def load_study(root: Path) -> List[Group]:
 
 
 def _params(meta: dict) -> dict:
-    params = {k: meta[k] for k in KNOBS if k in meta}
+    params = {k: meta[k] for k in KNOBS + SETTING if k in meta}
     if meta["kind"] == "codistill":
         params = {**KNOB_DEFAULTS, **params}
     return params
 
 
+# -- who compares with whom ----------------------------------------------------------------
+def regime_of(groups: Sequence[Group]) -> Optional[Group]:
+    return next((g for g in groups if g.kind == "codistill" and g.regime), None)
+
+
+def _same_knobs(a: Group, b: Group, ignore: Tuple[str, ...] = ()) -> bool:
+    return all(a.params.get(k) == b.params.get(k) for k in KNOBS if k not in ignore)
+
+
+def stand_in(groups: Sequence[Group], kind: str, setting: tuple, regime: Group) -> Optional[Group]:
+    """The line of ``kind`` in ``setting`` that stands for the regime there: a codistilled
+    pair with the regime's other knobs, a baseline, the LocalSGD or DiLoCo pair at the
+    regime's interval in fp16."""
+    found = [g for g in groups if g.kind == kind and g.setting == setting]
+    if kind == "codistill":
+        found = [g for g in found if g is regime or (
+            g.setting != regime.setting and _same_knobs(g, regime, FOLLOWS_SETTING))]
+    elif kind in ("localsgd", "diloco"):
+        found = [g for g in found if g.params.get("interval") == regime.params.get("interval")
+                 and g.params.get("snapshot", "fp16") == regime.params.get("snapshot", "fp16")
+                 and g.params.get("dropout") == regime.params.get("dropout")]
+    elif kind == "baseline":
+        found = [g for g in found if g.params.get("dropout") == regime.params.get("dropout")]
+    return found[0] if found else None
+
+
+def best_control(groups: Sequence[Group], setting: tuple, figure, lower_is_better: bool,
+                 layers=None) -> Optional[Group]:
+    """The control of ``setting`` (of ``layers`` layers) best in ``figure``: the lone
+    model at its best regularisation, so no gain comes from a weakened control."""
+    found = [(g, g.stat(figure)) for g in groups if g.kind == "control" and g.setting[:4] == setting[:4]
+             and g.params.get("layers") == (setting[4] if layers is None else layers)]
+    found = [(g, s) for g, s in found if s is not None]
+    if not found:
+        return None
+    pick = min if lower_is_better else max
+    return pick(found, key=lambda gs: gs[1].mean)[0]
+
+
+def settings_of(groups: Sequence[Group], regime: Group) -> List[tuple]:
+    """Every setting where the regime has a stand-in, the regime's first."""
+    out = [regime.setting]
+    for g in groups:
+        if g.setting not in out and stand_in(groups, "codistill", g.setting, regime) is not None:
+            out.append(g.setting)
+    return out
+
+
+def describe_setting(setting: tuple, regime: Group) -> str:
+    """'the regime' or how a setting differs from it ('updates 960')."""
+    diffs = [f"{k} {v}" for k, v, r in zip(SETTING, setting, regime.setting) if v != r]
+    return ", ".join(diffs) or "the regime"
+
+
 # -- the claims --------------------------------------------------------------------------
+BEST_NLL, BEST_BLEU = best_valid, score("bleu", "best")
+
+
+@dataclass
+class Claim:
+    setting: str
+    claim: str
+    nll: str  # what was measured in NLL ...
+    nll_verdict: str
+    bleu: str  # ... and in BLEU
+    bleu_verdict: str
+
+
 def _gap(a: Stat, b: Stat) -> Tuple[float, float]:
     """(mean of a - mean of b, the larger of the two spreads)."""
     return a.mean - b.mean, max(a.spread, b.spread)
 
 
-def _differs_only_in(group: Group, regime: Group, knob: str) -> bool:
-    return group.kind == "codistill" and group.params.get(knob) != regime.params.get(knob) and all(
-        group.params.get(k) == regime.params.get(k) for k in KNOBS if k != knob)
+def _compare(a: Optional[Stat], b: Optional[Stat], holds: Callable[[float, float], bool],
+             digits: int, label: str = "") -> Tuple[str, str]:
+    """(measured, verdict) of a claim that ``holds(mean a - mean b, spread)``."""
+    if a is None or b is None:
+        return "-", "not measured"
+    diff, spread = _gap(a, b)
+    measured = f"{a.format(digits)} vs {b.format(digits)}{label}: {diff:+.{digits}f} (spread {spread:.{digits}f})"
+    return measured, "reproduced" if holds(diff, spread) else "not reproduced"
 
 
-def claims(groups: Sequence[Group]) -> List[Tuple[str, str, str]]:
-    """(claim, what was measured, verdict) for the paper's five claims, about the regime."""
-    by_kind = {kind: [g for g in groups if g.kind == kind] for kind in KINDS}
-    regime = next((g for g in by_kind["codistill"] if g.regime), None)
-    if regime is None or not by_kind["control"]:
+def claims(groups: Sequence[Group]) -> List[Claim]:
+    """The paper's five claims about the regime, in NLL and in BLEU of the best checkpoints
+    (what a fairseq user keeps), in every setting where the regime has a stand-in."""
+    regime = regime_of(groups)
+    if regime is None:
         return []
-    valid = {g.name: g.stat(final_valid) for g in groups}
-    # the control at the regularisation that is best for it: no gain from a weakened control
-    control = min(by_kind["control"], key=lambda g: valid[g.name].mean)
     out = []
-
-    if by_kind["baseline"]:
-        base = by_kind["baseline"][0]
-        diff, spread = _gap(valid[regime.name], valid[base.name])
-        out.append(("1. two codistilled models (batch B) match all-reduce (2B) at equal updates",
-                    f"val NLL {valid[regime.name]} vs {valid[base.name]}: {diff:+.3f} (spread {spread:.3f})",
-                    "reproduced" if diff <= spread else "not reproduced"))
-
-    diff, spread = _gap(valid[regime.name], valid[control.name])
-    out.append(("2. a codistilled model beats the same model trained alone",
-                f"val NLL {valid[regime.name]} vs {valid[control.name]} ({control.name}): "
-                f"{diff:+.3f} (spread {spread:.3f})",
-                "reproduced" if -diff > spread else "not reproduced"))
-
-    variants = [g for g in by_kind["codistill"] if _differs_only_in(g, regime, "interval")]
-    if variants:
-        base_k = regime.params["interval"]
-        parts, beaten = [], 0
-        for g in sorted(variants + [regime], key=lambda g: g.params["interval"]):
-            diff, spread = _gap(valid[g.name], valid[control.name])
-            beaten += -diff > spread
-            parts.append(f"{g.params['interval'] / base_k:g}x: {diff:+.3f}")
-        out.append(("3. it holds for a snapshot interval 0.5x to 4x the default",
-                    "val NLL minus the control's: " + ", ".join(parts),
-                    "reproduced" if beaten == len(variants) + 1 else
-                    f"not reproduced ({beaten} of {len(variants) + 1} beat the control)"))
-
-    constant = [g for g in by_kind["codistill"] if _differs_only_in(g, regime, "gamma")
-                and g.params.get("gamma") == 1]
-    if constant and regime.params.get("gamma", 1) != 1:
-        diff, spread = _gap(valid[regime.name], valid[constant[0].name])
-        out.append(("4. alpha growing exponentially does at least as well as a constant alpha",
-                    f"val NLL {valid[regime.name]} (gamma {regime.params['gamma']}) vs "
-                    f"{valid[constant[0].name]} (constant): {diff:+.3f} (spread {spread:.3f})",
-                    "reproduced" if diff <= spread else "not reproduced"))
-
-    # The paper's Fig. 1c compares with all-reduce; the control is shown beside it.
-    dist = {g.name: g.stat(final_param_dist) for g in groups}
-    reference = by_kind["baseline"][0] if by_kind["baseline"] else control
-    if dist[regime.name] and dist[reference.name]:
-        diff, spread = _gap(dist[regime.name], dist[reference.name])
-        line = (f"||theta - theta_0|| {dist[regime.name]} vs {reference.name} {dist[reference.name]}: "
-                f"{diff:+.3f} (spread {spread:.3f})")
-        if reference is not control and dist[control.name]:
-            line += f"; alone: {dist[control.name]}"
-        out.append(("5. the weights stay closer to their initial values than all-reduce's", line,
-                    "reproduced" if -diff > spread else "not reproduced"))
+    for setting in settings_of(groups, regime):
+        here = describe_setting(setting, regime)
+        line = stand_in(groups, "codistill", setting, regime)
+        base = stand_in(groups, "baseline", setting, regime)
+        if base is not None:
+            nll = _compare(line.stat(BEST_NLL), base.stat(BEST_NLL), lambda d, s: d <= s, 3)
+            bleu = _compare(line.stat(BEST_BLEU), base.stat(BEST_BLEU), lambda d, s: -d <= s, 2)
+            out.append(Claim(here, "1. two codistilled models (batch B) match all-reduce (2B) "
+                             "at equal updates (its best checkpoint)", *nll, *bleu))
+        controls = [best_control(groups, setting, BEST_NLL, True),
+                    best_control(groups, setting, BEST_BLEU, False)]
+        if all(c is not None for c in controls):
+            nll = _compare(line.stat(BEST_NLL), controls[0].stat(BEST_NLL), lambda d, s: -d > s, 3,
+                           f" ({controls[0].name})")
+            bleu = _compare(line.stat(BEST_BLEU), controls[1].stat(BEST_BLEU), lambda d, s: d > s, 2,
+                            f" ({controls[1].name})")
+            out.append(Claim(here, "2. a codistilled model beats the same model trained alone",
+                             *nll, *bleu))
+        if line is regime and all(c is not None for c in controls):
+            out += _interval_claim(groups, regime, controls, here)
+            out += _schedule_claim(groups, regime, here)
+        if line is regime:
+            out += _distance_claim(groups, regime, base, controls[0], here)
     return out
 
 
+def _differs_only_in(group: Group, regime: Group, knob: str) -> bool:
+    return group.kind == "codistill" and group.setting == regime.setting and \
+        group.params.get(knob) != regime.params.get(knob) and _same_knobs(group, regime, (knob,))
+
+
+def _interval_claim(groups, regime, controls, here) -> List[Claim]:
+    variants = [g for g in groups if _differs_only_in(g, regime, "interval")]
+    if not variants:
+        return []
+    cells = []
+    for figure, control, sign, digits in ((BEST_NLL, controls[0], -1, 3), (BEST_BLEU, controls[1], 1, 2)):
+        parts, beaten, measured = [], 0, 0
+        for g in sorted(variants + [regime], key=lambda g: g.params["interval"]):
+            a, b = g.stat(figure), control.stat(figure)
+            if a is None or b is None:
+                continue
+            diff, spread = _gap(a, b)
+            measured += 1
+            beaten += sign * diff > spread
+            parts.append(f"{g.params['interval'] / regime.params['interval']:g}x: {diff:+.{digits}f}")
+        if not measured:
+            cells += ["-", "not measured"]
+            continue
+        cells += [f"minus {control.name}'s: " + ", ".join(parts),
+                  "reproduced" if beaten == measured == len(variants) + 1 else
+                  f"not reproduced ({beaten} of {measured} beat the control)"]
+    return [Claim(here, "3. it holds for a snapshot interval 0.5x to 4x the default", *cells)]
+
+
+def _schedule_claim(groups, regime, here) -> List[Claim]:
+    constant = [g for g in groups if _differs_only_in(g, regime, "gamma") and g.params.get("gamma") == 1]
+    if not constant or regime.params.get("gamma", 1) == 1:
+        return []
+    c = constant[0]
+    nll = _compare(regime.stat(BEST_NLL), c.stat(BEST_NLL), lambda d, s: d <= s, 3, " (constant)")
+    bleu = _compare(regime.stat(BEST_BLEU), c.stat(BEST_BLEU), lambda d, s: -d <= s, 2, " (constant)")
+    return [Claim(here, "4. alpha growing exponentially does at least as well as a constant alpha",
+                  *nll, *bleu)]
+
+
+def _distance_claim(groups, regime, base, control, here) -> List[Claim]:
+    # The paper's Fig. 1c compares with all-reduce; the control is shown beside it.
+    reference = base or control
+    if reference is None:
+        return []
+    a, b = regime.stat(final_param_dist), reference.stat(final_param_dist)
+    if a is None or b is None:
+        return []
+    measured, verdict = _compare(a, b, lambda d, s: -d > s, 3, f" ({reference.name})")
+    alone = control.stat(final_param_dist) if control is not None and reference is not control else None
+    if alone is not None:
+        measured += f"; alone: {alone}"
+    return [Claim(here, "5. the weights stay closer to their initial values than all-reduce's "
+                  "(||theta - theta_0||)", measured, verdict, "-", "-")]
+
+
+# -- the methods at equal bytes ------------------------------------------------------------
+METHOD_ROWS = (("baseline", "all-reduce (batch 2B)", "every update", "no"),
+               ("localsgd", "LocalSGD", "at every averaging", "no"),
+               ("diloco", "DiLoCo", "at every averaging", "no"),
+               ("codistill", "codistillation", "never (a stale peer)", "yes"),
+               ("control", "one model alone", "-", "-"))
+
+
+def methods(groups: Sequence[Group]) -> Dict[str, List[List[str]]]:
+    """Per setting: one row per method (the stand-ins of the regime, the best control),
+    with the best checkpoints' NLL, BLEU and chrF and the bytes each model receives."""
+    regime = regime_of(groups)
+    if regime is None:
+        return {}
+    out = {}
+    for setting in settings_of(groups, regime):
+        rows = []
+        for kind, label, waits, differ in METHOD_ROWS:
+            g = (best_control(groups, setting, BEST_NLL, True) if kind == "control"
+                 else stand_in(groups, kind, setting, regime))
+            if g is None:
+                continue
+            if kind == "baseline":
+                sent = g.stat(allreduce_bytes)
+            elif kind == "control":
+                sent = Stat([0.0])
+            else:
+                sent = g.stat(bytes_per_update)
+            rows.append([f"{label}: {g.name}", _cell(g.stat(BEST_NLL)), _cell(g.stat(BEST_BLEU), 2),
+                         _cell(g.stat(score("chrf", "best")), 2),
+                         human_bytes(sent.mean) if sent else "-", waits, differ])
+        out[describe_setting(setting, regime)] = rows
+    return out
+
+
+def heterogeneous(groups: Sequence[Group]) -> List[List[str]]:
+    """Each model of a heterogeneous pair against the lone model of its own depth."""
+    rows = []
+    for g in (g for g in groups if g.heterogeneous):
+        for i, layers in enumerate((g.params["layers"], g.params["peer_layers"])):
+            for figure, lower, digits in ((BEST_NLL, True, 3), (BEST_BLEU, False, 2)):
+                control = best_control(groups, g.setting, figure, lower, layers=layers)
+                a = g.stat(figure, model=i)
+                b = control.stat(figure) if control is not None else None
+                measured, verdict = _compare(a, b, (lambda d, s: -d > s) if lower else (lambda d, s: d > s),
+                                             digits, f" ({control.name})" if control else "")
+                rows.append([f"{g.name}/model{i} ({layers}+{layers} layers)",
+                             "NLL" if lower else "BLEU", measured,
+                             "gains" if verdict == "reproduced" else "no gain beyond the spread"
+                             if verdict == "not reproduced" else verdict])
+    return rows
+
+
 # -- the report --------------------------------------------------------------------------
-TABLE = [("val NLL", final_valid), ("best val NLL", best_valid), ("train NLL", final_train),
-         ("param_dist", final_param_dist)]
+TABLE = [("val NLL", final_valid, 3), ("best val NLL", best_valid, 3),
+         ("BLEU", score("bleu", "last"), 2), ("BLEU (best)", score("bleu", "best"), 2),
+         ("chrF", score("chrf", "last"), 2), ("chrF (best)", score("chrf", "best"), 2),
+         ("train NLL", final_train, 3), ("param_dist", final_param_dist, 1)]
 
 
-def _knobs(group: Group) -> str:
+def _cell(stat: Optional[Stat], digits: int = 3) -> str:
+    return stat.format(digits) if stat is not None else "-"
+
+
+def _knobs(group: Group, regime: Optional[Group]) -> str:
+    """How a configuration differs from the regime (all its knobs without a regime)."""
     p = group.params
-    if group.kind != "codistill":
-        return f"dropout {p.get('dropout', '-')}"
-    return ", ".join(f"{k} {p[k]}" for k in KNOBS if k in p)
+    if regime is None:
+        return ", ".join(f"{k} {p[k]}" for k in KNOBS + SETTING if k in p)
+    keys = SETTING + (KNOBS if group.kind in PAIRS else ("dropout",))
+    diffs = [f"{k} {p[k]}" for k in keys if k in p and p[k] != regime.params.get(k)
+             and not (k == "gamma" and group.setting != regime.setting)]
+    return ", ".join(diffs) or "the regime's"
 
 
 def study_table(groups: Sequence[Group]) -> str:
-    header = ["configuration", "kind", "settings", "seeds", "models"] + [t for t, _ in TABLE] + ["wall / model"]
+    regime = regime_of(groups)
+    header = ["configuration", "kind", "settings", "seeds", "models"] + [t for t, _, _ in TABLE] + ["wall / model"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for g in groups:
-        cells = [g.name + (" **(regime)**" if g.regime else ""), g.kind, _knobs(g),
+        cells = [g.name + (" **(regime)**" if g.regime else ""), g.kind, _knobs(g, regime),
                  ",".join(str(s) for s in sorted(g.runs)), str(len(g.models))]
-        cells += [str(g.stat(f) or "-") for _, f in TABLE]
+        cells += [_cell(g.stat(f), digits) for _, f, digits in TABLE]
         wall = g.stat(wall_seconds)
         cells.append(human_seconds(wall.mean) if wall else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
+PLOT_KINDS = {"baseline": dict(color="k"), "control": dict(color="0.5"),
+              "codistill": dict(color="C3", linestyle="--"), "localsgd": dict(color="C0", linestyle="-."),
+              "diloco": dict(color="C2", linestyle="-.")}
+
+
 def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
-    """The baseline, every control and the regime: the mean over models and seeds as a line,
-    their range as a band. Validation NLL over the run and over its second half (zoomed),
-    and the distance from the initial weights."""
+    """The regime's setting: the baseline, every control, the regime and the averaging
+    methods, the mean over models and seeds as a line, their range as a band. Validation
+    NLL over the run and over its second half (zoomed), and the distance from the initial
+    weights."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = [g for g in groups if g.kind != "codistill" or g.regime]
-    styles = {"baseline": dict(color="k"), "control": dict(color="0.5"),
-              "codistill": dict(color="C3", linestyle="--")}
+    regime = regime_of(groups)
+    setting = regime.setting if regime is not None else None
+    shown = [g for g in groups if g.setting == setting and (
+        g.kind == "control" or g is regime or (regime is not None and stand_in(groups, g.kind, setting, regime) is g))]
     figures = {"study_valid.png": [("valid", "nll_loss", "validation NLL (base 2)", False),
                                    ("valid", "nll_loss", "validation NLL, second half", True)],
                "study_param_dist.png": [("inner", "param_dist", "||theta - theta_0||_2", False)]}
@@ -238,7 +467,7 @@ def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
                     xs, low, mean, high = ([v[j] for j in keep] for v in (xs, low, mean, high))
                 if not xs:
                     continue
-                style = dict(styles[g.kind])
+                style = dict(PLOT_KINDS[g.kind])
                 if g.kind == "control" and i and shown[i - 1].kind == "control":
                     style["linestyle"] = ":"  # a second control (another dropout)
                 ax.plot(xs, mean, label=f"{g.name} (n={len(g.models)})", marker="o", markersize=3, **style)
@@ -269,20 +498,42 @@ def _band(group: Group, attr: str, key: str):
 
 def write_study_report(out: Path, groups: Sequence[Group]) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    found = claims(groups)
     lines = ["# Codistillation study", "", study_table(groups), "",
              "- *val NLL*: validation NLL per target token (base 2) at the last validation, "
-             "the same update for every run; *best val NLL*: the lowest validation of the run; "
+             "the same update for every run of a setting; *best val NLL*: the lowest validation "
+             "of the run, that of checkpoint_best.pt; *BLEU*, *chrF*: sacrebleu on the test "
+             "split (beam 4) of checkpoint_last.pt and, *(best)*, of checkpoint_best.pt; "
              "*param_dist*: distance of the weights from their initial values at the end.",
              "- Each cell is the mean ± half the spread (max - min) over the samples: every seed "
-             "of a baseline or control, both models of every seed of a codistilled pair.", ""]
+             "of a baseline or control, both models of every seed of a pair. NLL compares only "
+             "within one data fraction (each has its own sentencepiece vocabulary); BLEU and "
+             "chrF compare across.", ""]
+    found = claims(groups)
     if found:
-        lines += ["## The paper's claims at this scale", "",
-                  "| claim | measured | verdict |", "|---|---|---|"]
-        lines += [f"| {c} | {m} | {v} |" for c, m, v in found]
+        lines += ["## The paper's claims at this scale", ""]
+        lines += _markdown(["setting", "claim", "NLL (best checkpoints)", "in NLL",
+                            "BLEU (best checkpoints)", "in BLEU"],
+                           [[c.setting, c.claim, c.nll, c.nll_verdict, c.bleu, c.bleu_verdict]
+                            for c in found])
         lines += ["", "A gap counts when it is larger than the larger spread (max - min) of the "
-                  "two groups compared; the control is the control configuration with the lowest "
-                  "val NLL.", ""]
+                  "two groups compared; the control is the control configuration of the setting "
+                  "best in the measure judged (no gain from a weakened control).", ""]
+    table = methods(groups)
+    if table:
+        lines += ["## The methods at equal bytes", ""]
+        for setting, rows in table.items():
+            lines += [f"**{setting}**", ""]
+            lines += _markdown(["method", "val NLL (best)", "BLEU (best)", "chrF (best)",
+                                "bytes received / model / update", "waits for the others",
+                                "models may differ"], rows)
+            lines.append("")
+        lines += ["All-reduce's bytes are a ring all-reduce of fp32 gradients between its 2 "
+                  "workers; a pair's are the snapshots each model read, as logged.", ""]
+    hetero = heterogeneous(groups)
+    if hetero:
+        lines += ["## Heterogeneous pairs: what each model gains", ""]
+        lines += _markdown(["model", "measure", "measured (best checkpoints)", "verdict"], hetero)
+        lines.append("")
     for name in plot_study(out, groups):
         lines += [f"![{name}]({name})", ""]
     text = "\n".join(lines)

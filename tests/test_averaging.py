@@ -89,7 +89,7 @@ def test_two_models_replace_their_weights_with_the_mean(tmp_path):
             assert torch.equal(m.weight.detach(), torch.tensor([[2.0, 0.0]]))
             assert torch.equal(m.bias.detach(), torch.tensor([0.5]))
         assert xs[0].last_averaged == [0, 1] and xs[0].num_loads == 1 and xs[0].bytes_read > 0
-        assert set(xs[0].seconds) == {"wait", "read", "average"}
+        assert set(xs[0].seconds) == {"publish", "wait", "read", "average"}
     finally:
         for x in xs:
             x.close()

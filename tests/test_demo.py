@@ -83,8 +83,17 @@ def test_demo_end_to_end(tmp_path, locale):
     mean = (float(rows["codistill/model0"][3]) + float(rows["codistill/model1"][3])) / 2
     printed = re.search(r"codistilled models: mean val NLL ([\d.]+) over 2", out)
     assert printed and float(printed.group(1)) == pytest.approx(mean, abs=1.5e-3)
-    assert f"vs the same model trained alone (control, {rows['control'][3]})" in out
-    assert f"vs all-reduce (baseline, {rows['baseline'][3]})" in out
+    bleu = (float(rows["codistill/model0"][4]) + float(rows["codistill/model1"][4])) / 2
+    for label, what in (("control", "the same model trained alone"), ("baseline", "all-reduce")):
+        line = re.search(rf"vs {what} \({label}, {rows[label][3]}, BLEU {rows[label][4]}\): "
+                         r"val NLL ([-+][\d.]+) \((\w+)\); BLEU ([-+][\d.]+) \((\w+)\)", out)
+        assert line, out[-2000:]
+        # "better" in each measure only where it holds: NLL lower, BLEU higher
+        nll_diff, bleu_diff = mean - float(rows[label][3]), bleu - float(rows[label][4])
+        assert float(line.group(1)) == pytest.approx(nll_diff, abs=2e-3)
+        assert float(line.group(3)) == pytest.approx(bleu_diff, abs=2e-2)
+        assert line.group(2) == ("level" if round(nll_diff, 3) == 0 else "better" if nll_diff < 0 else "worse")
+        assert line.group(4) == ("level" if round(bleu_diff, 2) == 0 else "better" if bleu_diff > 0 else "worse")
 
     again = run_demo(tmp_path, locale)  # finished stages are skipped, the table comes back
     assert again.count("done already") == 2 and again.count("evaluated already") == 5

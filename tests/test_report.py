@@ -69,7 +69,7 @@ def runs(tmp_path):
     for i, log in enumerate([MODEL0_LOG, MODEL1_LOG]):
         (codistill / f"model{i}").mkdir(parents=True)
         (codistill / f"model{i}" / "train.log").write_text(log)
-    (codistill / "model0" / "eval.json").write_text(json.dumps({"bleu": 12.5, "valid_nll": 3.9}))
+    (codistill / "model0" / "eval.json").write_text(json.dumps({"bleu": 12.5, "chrf": 40.5, "valid_nll": 3.9}))
     (codistill / "ensemble").mkdir()
     (codistill / "ensemble" / "eval.json").write_text(json.dumps({"bleu": 14.0, "valid_nll": 3.6}))
     (tmp_path / "exchange" / "model0").mkdir(parents=True)  # not a run: no train.log
@@ -142,10 +142,10 @@ def test_report_folder(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert report.main([str(base), str(codistill), "--out", str(out), "--allreduce-workers", "2"]) == 0
     md = (out / "report.md").read_text()
-    assert "| baseline | 20 | 5.500 | 5.000 | 4.000 | 11.25 | 80.0 KB | 0m42s |" in md
-    assert "| codistill/model0 | 20 | 5.600 | 5.250 | 3.900 | 12.50 | 819.7 KB | 0m52s |" in md
-    assert "| codistill/model1 | 15 | 5.800 | 5.500 | - | - | 614.8 KB | 0m44s |" in md
-    assert "| codistill/ensemble | - | - | - | 3.600 | 14.00 | - | - |" in md
+    assert "| baseline | 20 | 5.500 | 5.000 | 4.000 | 11.25 | - | 80.0 KB | 0m42s |" in md
+    assert "| codistill/model0 | 20 | 5.600 | 5.250 | 3.900 | 12.50 | 40.50 | 819.7 KB | 0m52s |" in md
+    assert "| codistill/model1 | 15 | 5.800 | 5.500 | - | - | - | 614.8 KB | 0m44s |" in md
+    assert "| codistill/ensemble | - | - | - | 3.600 | 14.00 | - | - | - |" in md
     assert "base 2" in md
     for png in ("loss.png", "codistill.png", "param_dist.png"):
         data = (out / png).read_bytes()
@@ -153,6 +153,21 @@ def test_report_folder(runs, tmp_path, capsys):
         assert f"]({png})" in md
     terminal = capsys.readouterr().out
     assert "codistill/ensemble" in terminal and "3.600" in terminal
+
+
+def test_the_summary_calls_a_result_better_only_in_the_measure_where_it_is():
+    """The demo's closing lines: codistillation below the lone model in NLL but behind it in
+    BLEU is better in one and worse in the other, never 'better' as a whole."""
+    rows = [report.Row("run/model0", valid_nll=5.44, bleu=14.7), report.Row("run/model1", valid_nll=5.43, bleu=15.3),
+            report.Row("control", valid_nll=5.565, bleu=15.57), report.Row("baseline", valid_nll=5.519, bleu=20.66)]
+    lines = report.comparison(rows)
+    # mean NLL 5.435, mean BLEU 15.0: -0.130 and -0.57 against the lone model
+    assert lines[0] == "codistilled models: mean val NLL 5.435 over 2 (best 5.430), mean BLEU 15.00"
+    assert lines[1] == ("vs the same model trained alone (control, 5.565, BLEU 15.57): "
+                        "val NLL -0.130 (better); BLEU -0.57 (worse)")
+    assert lines[2] == "vs all-reduce (baseline, 5.519, BLEU 20.66): val NLL -0.084 (better); BLEU -5.66 (worse)"
+    rows[2].bleu = 15.0
+    assert report.comparison(rows)[1].endswith("BLEU +0.00 (level)")
 
 
 def test_a_model_that_never_had_a_peer_is_called_out(runs, tmp_path, capsys):
