@@ -1,14 +1,21 @@
 """Loading fairseq checkpoints on torch >= 2.6.
 
 torch 2.6 made ``torch.load`` default to ``weights_only=True``, which refuses any
-global it does not know. A fairseq checkpoint holds exactly one such global, the
+global it does not know. A fairseq checkpoint file holds exactly one such global, the
 ``argparse.Namespace`` of its legacy ``args``/``cfg.model``, so resume,
-``fairseq-generate`` and peer loading fail. We allowlist that type (and only it)
-rather than turning ``weights_only`` off for the whole process: checkpoints keep
-being unpickled by torch's restricted loader.
+``fairseq-generate`` and peer loading fail. A model on several ranks needs more: rank 0
+loads the checkpoint, turns its config into omegaconf containers and broadcasts the
+whole state to the other ranks through torch.save and torch.load (fairseq's
+``broadcast_object``, tensors replaced by placeholders), which then meet omegaconf's
+classes (``torch.serialization.get_unsafe_globals_in_checkpoint`` of such a state lists
+exactly these). We allowlist
+those types and no others, rather than turning ``weights_only`` off for the whole
+process: checkpoints keep being unpickled by torch's restricted loader.
 """
 import argparse
+import collections
 import logging
+import typing
 import os
 import shutil
 import zipfile
@@ -19,12 +26,21 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-FAIRSEQ_CHECKPOINT_GLOBALS = [argparse.Namespace]
+def fairseq_checkpoint_globals() -> list:
+    """The types in a fairseq checkpoint file, and in the state rank 0 broadcasts (where
+    fairseq stands in a placeholder of its own for each tensor, sent apart)."""
+    from fairseq.distributed.utils import _TensorPlaceholder
+    from omegaconf import DictConfig, ListConfig
+    from omegaconf.base import ContainerMetadata, Metadata
+    from omegaconf.nodes import AnyNode
+
+    return [argparse.Namespace, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
+            typing.Any, collections.defaultdict, dict, list, int, _TensorPlaceholder]
 
 
 def allow_fairseq_checkpoints() -> None:
     """Let ``torch.load(weights_only=True)`` read fairseq checkpoints. Idempotent."""
-    torch.serialization.add_safe_globals(FAIRSEQ_CHECKPOINT_GLOBALS)
+    torch.serialization.add_safe_globals(fairseq_checkpoint_globals())
 
 
 def load_checkpoint_state(path, keys=None):

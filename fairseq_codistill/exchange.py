@@ -510,8 +510,10 @@ class PeerExchange(Exchange):
         peer.num_updates, peer.resumed_from = snap.num_updates, -1
         self.bytes_read += snap.nbytes
         self.num_loads += 1
-        logger.info("codistill: loaded model %d at its update %d (%.1f MB)",
-                    snap.model_id, snap.num_updates, snap.nbytes / 1e6)
+        # every rank says which version it swapped in at which update: all must agree
+        logger.info("codistill: loaded model %d at its update %d (%.1f MB), in use from update %d%s",
+                    snap.model_id, snap.num_updates, snap.nbytes / 1e6, self.last_step,
+                    f" on rank {self.rank}" if self.world > 1 else "")
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:

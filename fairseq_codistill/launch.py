@@ -5,10 +5,13 @@
 Job i gets ``--codistill-id i --codistill-num-models n --codistill-dir X --save-dir S/model{i}``,
 its own log ``S/model{i}/train.log``, its own GPUs (``--gpus-per-model G`` consecutive
 devices, data-parallel inside the job with its own port) or, on a CPU machine, ``--cpu``
-and a share of the cores. The launcher shows one progress line per job and waits. A job
-that dies is reported and the others keep running; with ``--restart-failed`` it is
-started again and resumes from its ``checkpoint_last.pt``. Exit status 0 iff every job
-finished cleanly.
+and a share of the cores. ``--ranks-per-model R`` makes each model data-parallel over R
+ranks: R GPUs on a GPU machine; on a CPU one, R processes the launcher starts itself
+(fairseq's tcp init on a free port, gloo, ``--ddp-backend legacy_ddp``), rank r > 0
+logging to ``model{i}/train-rank{r}.log``. The launcher shows one progress line per job
+and waits. A job that dies (any rank of it: its other ranks are stopped) is reported
+and the others keep running; with ``--restart-failed`` it is started again and resumes
+from its ``checkpoint_last.pt``. Exit status 0 iff every job finished cleanly.
 """
 import argparse
 import json
@@ -34,6 +37,12 @@ PEER_CRITERIA = ("codistill_ce",)
 AVERAGING_METHODS = ("localsgd", "diloco")  # fairseq_codistill.exchange's, without importing torch
 # Flags the launcher owns: one value per job, so the user must not pass them.
 OWNED_FLAGS = ("--codistill-id", "--codistill-num-models", "--codistill-dir", "--save-dir")
+# ... and, for the ranks it starts on a CPU, one value per process.
+RANK_FLAGS = ("--distributed-world-size", "--distributed-rank", "--distributed-init-method",
+              "--distributed-port", "--distributed-no-spawn", "--distributed-backend")
+# fairseq's DDP backends that train on a CPU: c10d (pytorch_ddp) passes device_ids to
+# DistributedDataParallel, which a CPU module refuses; fully_sharded, slowmo need GPUs.
+CPU_DDP_BACKENDS = ("legacy_ddp", "no_c10d")
 
 
 def parse_args(argv: Optional[List[str]] = None):
@@ -56,8 +65,13 @@ def parse_args(argv: Optional[List[str]] = None):
     parser.add_argument("--share-gpus", action="store_true",
                         help="more models than GPUs: job i runs on visible GPU i mod #GPUs, one "
                              "each (small models of a study sharing one GPU)")
+    parser.add_argument("--ranks-per-model", type=int, default=1,
+                        help="data-parallel ranks of each model: its GPUs on a GPU machine (as "
+                             "--gpus-per-model); on a CPU machine, processes this launcher "
+                             "starts (gloo, --ddp-backend legacy_ddp). Default 1")
     parser.add_argument("--threads-per-model", type=int, default=None,
-                        help="CPU jobs: OMP/MKL threads each (default: cores // num-models)")
+                        help="CPU jobs: OMP/MKL threads of each process, a model's or a rank's "
+                             "(default: cores // (num-models x ranks-per-model))")
     parser.add_argument("--model-args", nargs=2, action="append", default=[], metavar=("I", "ARGS"),
                         help="more fairseq-train arguments for model I alone, such as another "
                              "architecture: --model-args 1 '--encoder-layers 6 --decoder-layers 6' "
@@ -82,6 +96,15 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error(f"--gpus-per-model must be >= 0 (got {args.gpus_per_model})")
     if args.threads_per_model is not None and args.threads_per_model < 1:
         parser.error(f"--threads-per-model must be >= 1 (got {args.threads_per_model})")
+    if args.ranks_per_model < 1:
+        parser.error(f"--ranks-per-model must be >= 1 (got {args.ranks_per_model})")
+    if args.ranks_per_model > 1:
+        if args.share_gpus:
+            parser.error(f"--share-gpus runs each model on one GPU (got --ranks-per-model "
+                         f"{args.ranks_per_model})")
+        if args.gpus_per_model not in (None, 0, args.ranks_per_model):
+            parser.error(f"--ranks-per-model {args.ranks_per_model} and --gpus-per-model "
+                         f"{args.gpus_per_model} disagree: on GPUs a model's ranks are its GPUs")
     if not train_args:
         parser.error("fairseq-train arguments are missing: put them after '--'")
     model_args = {}
@@ -94,6 +117,11 @@ def parse_args(argv: Optional[List[str]] = None):
         if any(a == flag or a.startswith(flag + "=") for a in train_args):
             parser.error(f"{flag} is set by the launcher for each job; pass the launcher's "
                          f"own --codistill-dir/--save-dir/--num-models instead")
+    if args.ranks_per_model > 1:
+        for flag in RANK_FLAGS:
+            if has_flag(train_args, flag):
+                parser.error(f"{flag} is set by the launcher for each rank with "
+                             f"--ranks-per-model {args.ranks_per_model}; drop it")
     method = flag_value(train_args, "--codistill-method") or "distill"
     criterion = flag_value(train_args, "--criterion")
     if method not in AVERAGING_METHODS and criterion not in PEER_CRITERIA:
@@ -140,23 +168,44 @@ def flag_value(args: List[str], flag: str) -> Optional[str]:
 
 @dataclass
 class Job:
+    """One model: one fairseq-train process, or one per rank (``ranks`` > 1, on a CPU)."""
+
     index: int
-    cmd: List[str]
+    cmd: List[str]  # without the per-rank flags
     env: Dict[str, str]
     save_dir: Path
-    proc: Optional[subprocess.Popen] = None
+    ranks: int = 1
+    procs: List[subprocess.Popen] = field(default_factory=list)
     restarts: int = 0
     returncode: Optional[int] = None
     log_offset: int = 0
     progress: dict = field(default_factory=dict)
 
     @property
+    def proc(self) -> Optional[subprocess.Popen]:
+        """Rank 0's process: the one that logs, saves checkpoints and publishes."""
+        return self.procs[0] if self.procs else None
+
+    @property
     def log_path(self) -> Path:
         return self.save_dir / "train.log"
 
+    def rank_log(self, rank: int) -> Path:
+        return self.log_path if rank == 0 else self.save_dir / f"train-rank{rank}.log"
+
+    def rank_cmds(self) -> List[List[str]]:
+        """Each rank's command; a fresh port for fairseq's tcp init at every (re)start."""
+        if self.ranks == 1:
+            return [self.cmd]
+        init = f"tcp://127.0.0.1:{free_port()}"
+        ddp = [] if has_flag(self.cmd, "--ddp-backend") else ["--ddp-backend", CPU_DDP_BACKENDS[0]]
+        return [[*self.cmd, "--distributed-world-size", str(self.ranks), "--distributed-rank", str(r),
+                 "--distributed-init-method", init, "--distributed-no-spawn",
+                 "--distributed-backend", "gloo", *ddp] for r in range(self.ranks)]
+
     @property
     def status(self) -> str:
-        if self.proc is not None and self.returncode is None:
+        if self.procs and self.returncode is None:
             return "running"
         return "done" if self.returncode == 0 else f"died ({describe_exit(self.returncode)})"
 
@@ -186,7 +235,16 @@ def build_jobs(args, train_args: List[str]) -> List[Job]:
         raise SystemExit(f"fairseq-codistill-launch: --gpus-per-model {gpus_per_model} x "
                          f"--num-models {args.num_models} needs {gpus_per_model * args.num_models} "
                          f"GPUs, {len(gpus)} visible")
-    threads = args.threads_per_model or max(1, (os.cpu_count() or 1) // args.num_models)
+    if args.ranks_per_model > 1 and gpus:
+        gpus_per_model = args.ranks_per_model  # fairseq spawns one process per GPU
+    ranks = args.ranks_per_model if gpus_per_model == 0 else 1  # processes the launcher starts
+    if ranks > 1:
+        backend = flag_value(train_args, "--ddp-backend")
+        if backend is not None and backend not in CPU_DDP_BACKENDS:
+            raise SystemExit(f"fairseq-codistill-launch: --ddp-backend {backend} does not train on "
+                             f"a CPU (c10d hands device_ids to DDP); use {CPU_DDP_BACKENDS[0]} or "
+                             "leave it to the launcher")
+    threads = args.threads_per_model or max(1, (os.cpu_count() or 1) // (args.num_models * ranks))
     executable = args.fairseq_train or shutil.which("fairseq-train", path=os.pathsep.join(
         [str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
     if executable is None:
@@ -217,7 +275,7 @@ def build_jobs(args, train_args: List[str]) -> List[Job]:
                     cmd += ["--distributed-world-size", str(gpus_per_model)]
                 if not has_flag(cmd, "--distributed-port"):
                     cmd += ["--distributed-port", str(free_port())]
-        jobs.append(Job(i, cmd, env, save_dir))
+        jobs.append(Job(i, cmd, env, save_dir, ranks=ranks))
     return jobs
 
 
@@ -233,18 +291,22 @@ class Launcher:
     def start(self, job: Job) -> None:
         job.save_dir.mkdir(parents=True, exist_ok=True)
         attempt = "start" if job.restarts == 0 else f"restart {job.restarts}"
-        with open(job.log_path, "a") as log:
-            log.write(f"=== fairseq-codistill-launch: {attempt} of model {job.index} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(job.cmd)}\n")
-            log.flush()
-            job.proc = subprocess.Popen(job.cmd, env=job.env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL)
+        job.procs = []
+        for rank, cmd in enumerate(job.rank_cmds()):
+            with open(job.rank_log(rank), "a") as log:
+                log.write(f"=== fairseq-codistill-launch: {attempt} of model {job.index}"
+                          f"{f' rank {rank}' if job.ranks > 1 else ''} at "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(cmd)}\n")
+                log.flush()
+                job.procs.append(subprocess.Popen(cmd, env=job.env, stdout=log,
+                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         job.returncode = None
         self.write_state()
 
     def write_state(self) -> None:
-        """SAVE_DIR/launch.json: each job's pid, command and log (for tools and people)."""
-        state = {f"model{j.index}": {"pid": j.proc.pid if j.proc else None, "status": j.status,
+        """SAVE_DIR/launch.json: each job's pid(s), command and log (for tools and people)."""
+        state = {f"model{j.index}": {"pid": j.proc.pid if j.proc else None,
+                                     "pids": [p.pid for p in j.procs], "status": j.status,
                                      "restarts": j.restarts, "log": str(j.log_path), "cmd": j.cmd}
                  for j in self.jobs}
         path = Path(self.args.save_dir) / "launch.json"
@@ -273,9 +335,20 @@ class Launcher:
     def poll(self) -> None:
         for job in self.jobs:
             self.read_progress(job)
-            if job.returncode is not None or job.proc.poll() is None:
+            if job.returncode is not None:
                 continue
-            job.returncode = job.proc.returncode
+            codes = [p.poll() for p in job.procs]
+            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed and None in codes:
+                # The other ranks would wait for the dead one in their next collective.
+                rank, code = failed[0]
+                self.say(f"model{job.index} rank {rank} died ({describe_exit(code)}); stopping "
+                         "its other ranks")
+                self.stop_ranks(job)
+                codes = [p.returncode for p in job.procs]
+            if None in codes:
+                continue
+            job.returncode = next((c for c in codes if c != 0), 0)
             if job.returncode == 0:
                 self.say(f"model{job.index} finished")
             elif self.args.restart_failed and job.restarts < self.args.max_restarts:
@@ -332,19 +405,34 @@ class Launcher:
         self.out.write(f"[fairseq-codistill-launch] {message}\n")
         self.out.flush()
 
-    def stop_all(self) -> None:
-        for job in self.jobs:
-            if job.proc is not None and job.proc.poll() is None:
-                job.proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 30
-        for job in self.jobs:
-            if job.proc is None:
-                continue
+    def stop_ranks(self, job: Job, grace: float = 10.0) -> None:
+        """SIGTERM the ranks of ``job`` still running, SIGKILL those still there after ``grace``."""
+        running = [p for p in job.procs if p.poll() is None]
+        for p in running:
+            p.terminate()
+        deadline = time.monotonic() + grace
+        for p in running:
             try:
-                job.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                job.proc.kill()
-            job.returncode = job.proc.wait()
+                p.kill()
+                p.wait()
+
+    def stop_all(self) -> None:
+        procs = [p for job in self.jobs for p in job.procs]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for job in self.jobs:
+            if job.procs:
+                job.returncode = next((p.returncode for p in job.procs if p.returncode != 0), 0)
         self.write_state()
 
 
@@ -354,7 +442,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.dry_run:
         for job in jobs:
             devices = job.env.get("CUDA_VISIBLE_DEVICES", "")
-            print(f"CUDA_VISIBLE_DEVICES={devices} " + " ".join(job.cmd))
+            for cmd in job.rank_cmds():
+                print(f"CUDA_VISIBLE_DEVICES={devices} " + " ".join(cmd))
         return 0
     try:
         open_store(args.codistill_dir).check()  # a missing bucket fails once, here

@@ -9,10 +9,12 @@ follows its schedule; the criterion asks the task for the peers through
 weights the optimizer steps (fp32 master copies under ``--fp16``/``--bf16``).
 """
 import argparse
+import atexit
 import hashlib
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -225,12 +227,29 @@ class CodistillTranslationTask(TranslationTask):
                         check_peer=self._check_peer,
                         group=group,
                     )
+            if self.exchange is not None and self.exchange.world > 1:
+                self._watch_ranks()
             if distributed_utils.get_global_rank() == 0:
                 # Built before any checkpoint is loaded and seeded by --seed, so a
                 # resumed job gets the same initial weights back.
                 self.init_params = {n: p.detach().float().cpu().clone()
                                     for n, p in model.named_parameters()}
         return model
+
+    def _watch_ranks(self) -> None:
+        """A model on several ranks: fairseq logs only warnings on ranks > 0, but every
+        rank's swaps stay in its log (they must agree), and each rank says at exit what
+        weights it ends with (a digest that must be the same on every rank)."""
+        logging.getLogger("fairseq_codistill.exchange").setLevel(logging.INFO)
+        logging.getLogger(__name__).setLevel(logging.INFO)
+        atexit.register(self._log_final_weights)
+
+    def _log_final_weights(self) -> None:
+        crc = 0
+        for _, p in sorted(self.model.state_dict().items()):
+            crc = zlib.crc32(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
+        logger.info("codistill: rank %d of model %d ends at update %d with weights crc32 %08x",
+                    self.exchange.rank, self.cfg.codistill_id, self.num_updates + 1, crc)
 
     @property
     def averages(self) -> bool:

@@ -452,6 +452,12 @@ BAD_LAUNCHES = [
     (["--gpus-per-model", "4", "--", "data", *CE], "--gpus-per-model 4 x --num-models 2 needs 8 GPUs"),
     (["--max-restarts", "-1", "--", "data", *CE], "--max-restarts must be >= 0"),
     (["--", "data"], "--criterion cross_entropy (fairseq default) ignores the peers"),
+    (["--ranks-per-model", "0", "--", "data", *CE], "--ranks-per-model must be >= 1"),
+    (["--ranks-per-model", "2", "--share-gpus", "--", "data", *CE], "--share-gpus runs each model on one GPU"),
+    (["--ranks-per-model", "2", "--", "data", *CE, "--ddp-backend", "c10d"],
+     "--ddp-backend c10d does not train on a CPU"),
+    (["--ranks-per-model", "2", "--", "data", *CE, "--distributed-world-size", "4"],
+     "--distributed-world-size is set by the launcher for each rank"),
     (["--", "data", "--criterion", "label_smoothed_cross_entropy"],
      "--criterion label_smoothed_cross_entropy ignores the peers"),
 ]
