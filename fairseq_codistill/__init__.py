@@ -1,9 +1,11 @@
-"""fairseq-codistill: codistillation as a fairseq ``--user-dir`` plugin.
+"""fairseq-codistill: codistillation for any PyTorch loop (``Codistillation``), as a
+fairseq ``--user-dir`` plugin, and for Hugging Face's Seq2SeqTrainer.
 
 fairseq imports this package by its folder name and auto-imports only ``tasks/`` and
 ``models/``, so the registered components are imported here. They are registered with
 fairseq once fairseq is loaded, never loading it ourselves: the launcher, the exchange
-and the vision trainer neither pay for nor depend on fairseq.
+and the vision trainer neither pay for nor depend on fairseq (nor, the launcher, on torch:
+``Codistillation`` is imported on first use).
 """
 import importlib.abc
 import importlib.util
@@ -50,3 +52,11 @@ if "fairseq" in sys.modules:
     register()
 else:
     sys.meta_path.insert(0, _RegisterAfterFairseq())
+
+
+def __getattr__(name):
+    if name == "Codistillation":  # the public object; torch is imported only here
+        from fairseq_codistill.codistillation import Codistillation
+
+        return Codistillation
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

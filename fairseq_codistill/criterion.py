@@ -19,7 +19,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.loss import AlphaSchedule, codistill_penalty
+from fairseq_codistill.loss import AlphaSchedule, peers_penalty
 
 logger = logging.getLogger(__name__)
 
@@ -124,11 +124,10 @@ class CodistillCrossEntropyCriterion(CrossEntropyCriterion):
 
     def compute_penalty(self, model, net_output, peers, sample, reduce=True):
         target = model.get_targets(sample, net_output)  # (B, T)
-        with torch.inference_mode():
-            peer_logits = [peer(**sample["net_input"])[0] for peer in peers]  # [(B, T, V)]
-        penalty = codistill_penalty(
+        penalty = peers_penalty(
             net_output[0],
-            peer_logits,
+            peers,
+            lambda peer: peer(**sample["net_input"])[0],  # (B, T, V)
             mask=target.ne(self.padding_idx),
             kind=self.penalty_kind,
             reduction="sum" if reduce else "none",

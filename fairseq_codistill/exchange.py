@@ -500,7 +500,10 @@ class PeerExchange(Exchange):
             # (B, C, V) for a bmm, and the CPU's bf16 bmm copies that broadcast: the weight
             # once per sentence. fairseq's transformer hands such transposed inputs to its
             # first attention projections and its output projection.
-            peer.model = self.build_peer(snap.meta)
+            # Building a model draws its initial weights: the training's random state (its
+            # dropout, its batch order) must not depend on when a peer arrives.
+            with torch.random.fork_rng(devices=[]):
+                peer.model = self.build_peer(snap.meta)
         place_peer(peer.model, next(model.parameters()), self.cfg.peer_dtype)
         peer.model.load_state_dict(snap.state_dict, strict=True)  # copies, casting
         if 0 <= snap.num_updates < peer.resumed_from:
@@ -540,8 +543,25 @@ class PeerExchange(Exchange):
 
 def place_peer(peer: torch.nn.Module, like: torch.Tensor, dtype: str) -> torch.nn.Module:
     """``peer`` in eval mode on the device of ``like`` (a weight of the model that
-    trains), in the dtype --codistill-peer-dtype ``dtype`` gives next to it."""
-    return peer.to(device=like.device, dtype=peer_dtype(dtype, like.dtype, like.device)).eval()
+    trains), in the dtype --codistill-peer-dtype ``dtype`` gives next to it. Floating
+    inputs are cast to that dtype as the peer is called, so the batch the model trains on
+    (fp32 images, features) runs a bf16 peer as it is."""
+    peer = peer.to(device=like.device, dtype=peer_dtype(dtype, like.dtype, like.device)).eval()
+    if not getattr(peer, "_codistill_casts_inputs", False):
+        peer.register_forward_pre_hook(_inputs_in_peer_dtype, with_kwargs=True)
+        peer._codistill_casts_inputs = True
+    return peer
+
+
+def _inputs_in_peer_dtype(module: torch.nn.Module, args: tuple, kwargs: dict):
+    dtype = next(module.parameters()).dtype
+
+    def cast(value):
+        if torch.is_tensor(value) and value.is_floating_point() and value.dtype != dtype:
+            return value.to(dtype)
+        return value
+
+    return tuple(cast(a) for a in args), {k: cast(v) for k, v in kwargs.items()}
 
 
 def _rank_world(group):

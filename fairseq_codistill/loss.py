@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +97,24 @@ def codistill_penalty(
         return total
     count = per_position.numel() if mask is None else int(mask.sum())
     return total / max(count, 1)
+
+
+def peers_penalty(
+    logits: torch.Tensor,
+    peers: Sequence[torch.nn.Module],
+    run_peer: Callable[[torch.nn.Module], torch.Tensor],
+    mask: Optional[torch.Tensor] = None,
+    kind: str = "mse",
+    reduction: str = "sum",
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``codistill_penalty`` against each peer's logits on the same batch,
+    ``run_peer(peer)``, computed under ``torch.inference_mode()``: peers stay out of
+    autograd (never optimised, no graph kept)."""
+    with torch.inference_mode():
+        peer_logits = [run_peer(peer) for peer in peers]  # [(..., V)]
+    return codistill_penalty(logits, peer_logits, mask=mask, kind=kind, reduction=reduction,
+                             temperature=temperature)
 
 
 class _SummedMSE(torch.autograd.Function):

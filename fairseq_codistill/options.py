@@ -146,6 +146,12 @@ def defaults(**overrides) -> argparse.Namespace:
     return argparse.Namespace(**{**values, **overrides})
 
 
+def with_defaults(cfg) -> argparse.Namespace:
+    """Every option: those ``cfg`` has (a front end's, which may hold only some), the
+    defaults for the rest."""
+    return argparse.Namespace(**{opt.name: getattr(cfg, opt.name, opt.default) for opt in ALL_OPTIONS})
+
+
 # -- what the options configure ------------------------------------------------------------
 
 

@@ -1,12 +1,13 @@
 """The ``codistill_translation`` task: fairseq's ``translation`` plus a peer exchange.
 
 Each codistilling model is an ordinary fairseq-train job with this task. Before every
-update the task lets its exchange act (every ``--codistill-interval`` updates): with
-``--codistill-method distill`` a ``PeerExchange`` publishes our weights and swaps in newer
-peer weights, and the task tells the criterion where training stands so that alpha
-follows its schedule; the criterion asks the task for the peers through
-``codistill_peers()``. With ``localsgd`` or ``diloco`` a ``WeightAveraging`` averages the
-weights the optimizer steps (fp32 master copies under ``--fp16``/``--bf16``).
+update the task steps its ``Codistillation`` (``fairseq_codistill.codistillation``, the
+object any training loop uses): every ``--codistill-interval`` updates, with
+``--codistill-method distill``, it publishes our weights and swaps in newer peer weights,
+and the task tells the criterion where training stands so that alpha follows its
+schedule; the criterion asks the task for the peers through ``codistill_peers()``. With
+``localsgd`` or ``diloco`` it averages the weights the optimizer steps (fp32 master
+copies under ``--fp16``/``--bf16``).
 """
 import argparse
 import atexit
@@ -35,8 +36,8 @@ from fairseq_codistill.checkpoints import (
     repair_checkpoint_last,
 )
 from fairseq_codistill import options as opts
-from fairseq_codistill.averaging import WeightAveraging
-from fairseq_codistill.exchange import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
+from fairseq_codistill.codistillation import Codistillation
+from fairseq_codistill.exchange import AVERAGING_METHODS, check_exchange_dir
 from fairseq_codistill.snapshot import SnapshotError
 from fairseq_codistill.options import exchange_config
 
@@ -200,7 +201,7 @@ class CodistillTranslationTask(TranslationTask):
 
     def __init__(self, cfg, src_dict, tgt_dict):
         super().__init__(cfg, src_dict, tgt_dict)
-        self.exchange: Optional[Exchange] = None
+        self.codistillation: Optional[Codistillation] = None
         self.model = None
         self.num_updates = 0  # of the update being taken, as fairseq numbers them
         self.init_params = None  # fp32 CPU copy of the initial weights, for param_dist
@@ -214,20 +215,14 @@ class CodistillTranslationTask(TranslationTask):
         if self.model is None:  # the first model built is ours; peers come later
             self.model = model
             if self.cfg.codistill_num_models > 1:
-                group = (distributed_utils.get_data_parallel_group()
-                         if torch.distributed.is_initialized() else None)
-                if self.averages:
-                    self.exchange = WeightAveraging(exchange_config(self.cfg),
-                                                    meta=model_meta(cfg, self.tgt_dict), group=group)
-                else:
-                    self.exchange = PeerExchange(
-                        exchange_config(self.cfg),
-                        build_peer=self._build_peer,
-                        meta=model_meta(cfg, self.tgt_dict),
-                        check_peer=self._check_peer,
-                        group=group,
-                    )
-            if self.exchange is not None and self.exchange.world > 1:
+                # the penalty's settings are the criterion's, given in build_criterion
+                self.codistillation = Codistillation(
+                    model, opts.with_defaults(self.cfg),
+                    build_peer=self._build_peer, meta=model_meta(cfg, self.tgt_dict),
+                    check_peer=self._check_peer,
+                    group=distributed_utils.get_data_parallel_group()
+                    if torch.distributed.is_initialized() else None)
+            if self.codistillation is not None and self.codistillation.exchange.world > 1:
                 self._watch_ranks()
             if distributed_utils.get_global_rank() == 0:
                 # Built before any checkpoint is loaded and seeded by --seed, so a
@@ -249,7 +244,7 @@ class CodistillTranslationTask(TranslationTask):
         for _, p in sorted(self.model.state_dict().items()):
             crc = zlib.crc32(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
         logger.info("codistill: rank %d of model %d ends at update %d with weights crc32 %08x",
-                    self.exchange.rank, self.cfg.codistill_id, self.num_updates + 1, crc)
+                    self.codistillation.exchange.rank, self.cfg.codistill_id, self.num_updates + 1, crc)
 
     @property
     def averages(self) -> bool:
@@ -258,6 +253,9 @@ class CodistillTranslationTask(TranslationTask):
 
     def build_criterion(self, cfg, from_checkpoint=False):
         criterion = super().build_criterion(cfg, from_checkpoint)
+        if self.codistillation is not None and hasattr(criterion, "schedule"):
+            self.codistillation.set_penalty(criterion.schedule, criterion.penalty_kind,
+                                            criterion.temperature)
         if self.cfg.codistill_num_models > 1 and not self.averages and \
                 not getattr(criterion, "uses_codistill_peers", False):
             raise ValueError(
@@ -288,7 +286,7 @@ class CodistillTranslationTask(TranslationTask):
                 "data-bin, made with fairseq-preprocess --joined-dictionary)")
 
     def codistill_peers(self) -> List[torch.nn.Module]:
-        return self.exchange.active_peers() if self.exchange is not None else []
+        return self.codistillation.peers() if self.codistillation is not None else []
 
     # -- fairseq hooks ----------------------------------------------------------------
     def get_batch_iterator(self, dataset, **kwargs):
@@ -323,11 +321,10 @@ class CodistillTranslationTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._count_lr_decays(optimizer.get_lr())
         self.num_updates = update_num
-        if isinstance(self.exchange, WeightAveraging):
-            self.exchange.step(update_num, lambda: trained_weights(self.model, optimizer),
-                               changed=lambda: sync_half_precision_copy(optimizer))
-        elif self.exchange is not None:
-            self.exchange.step(update_num, self.model)
+        if self.codistillation is not None:
+            self.codistillation.step(update_num, epoch=self.epoch, num_lr_decays=self.num_lr_decays,
+                                     weights=lambda: trained_weights(self.model, optimizer),
+                                     changed=lambda: sync_half_precision_copy(optimizer))
         if hasattr(criterion, "set_progress"):
             criterion.set_progress(epoch=self.epoch, num_updates=update_num,
                                    num_lr_decays=self.num_lr_decays)
@@ -346,8 +343,8 @@ class CodistillTranslationTask(TranslationTask):
         if self.model is None or not self.model.training:
             return
         # Logged with weight 0: the meter shows the last value.
-        if self.exchange is not None:
-            for name, value in self.exchange.metrics().items():
+        if self.codistillation is not None:  # alpha and num_peers: the criterion's
+            for name, value in self.codistillation.exchange.metrics().items():
                 metrics.log_scalar(name, value, weight=0, round=2)
         # param_dist is computed at log intervals only.
         updates = self.num_updates + 1  # the update this step completes
@@ -366,9 +363,9 @@ class CodistillTranslationTask(TranslationTask):
     # -- state in fairseq checkpoints -------------------------------------------------
     def state_dict(self):
         state = dict(super().state_dict() or {})
-        if self.exchange is not None:
+        if self.codistillation is not None:
             state["codistill"] = {
-                **self.exchange.state_dict(),
+                **self.codistillation.state_dict(),
                 "epoch": self.epoch,
                 "num_lr_decays": self.num_lr_decays,
                 "epoch_lr": self.epoch_lr,
@@ -380,13 +377,13 @@ class CodistillTranslationTask(TranslationTask):
         state_dict = dict(state_dict or {})
         own = state_dict.pop("codistill", None)
         super().load_state_dict(state_dict)
-        if own is not None and self.exchange is not None:
-            self.exchange.load_state_dict(own)
+        if own is not None and self.codistillation is not None:
+            self.codistillation.load_state_dict(own)
             self.num_lr_decays = int(own.get("num_lr_decays", 0))
             self.epoch_lr = own.get("epoch_lr")
             self._lr_epoch = int(own.get("lr_epoch", 0))
             logger.info("codistill: resumed task state (%d LR decays, %d peer loads so far)",
-                        self.num_lr_decays, self.exchange.num_loads)
+                        self.num_lr_decays, self.codistillation.exchange.num_loads)
 
     def _restore_state(self) -> None:
         """fairseq's trainer does not hand the task its saved state on resume: read it

@@ -212,6 +212,33 @@ def test_two_models_exchange_and_swap_at_the_next_update(tmp_path):
         assert x0.bytes_read == (tmp_path / snapfile.list_snapshots(tmp_path, 1)[0].key).stat().st_size
 
 
+def test_building_a_peer_leaves_the_random_state_alone(tmp_path):
+    """A peer's construction draws initial weights; the training's dropout and batch order
+    must not depend on when a peer arrives."""
+    torch.manual_seed(0)
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0, x1 = make_exchange(tmp_path, 0), make_exchange(tmp_path, 1)
+    try:
+        x1.step(5, m1)
+        x1.wait_for_write()
+        torch.manual_seed(42)
+        expected = torch.rand(3)
+        torch.manual_seed(42)
+        settle(x0, 5, m0)  # builds the peer (torch.nn.Linear draws its weights)
+        assert len(x0.active_peers()) == 1
+        assert torch.equal(torch.rand(3), expected)
+    finally:
+        x0.close(), x1.close()
+
+
+def test_a_half_precision_peer_takes_the_models_fp32_inputs():
+    peer = ex.place_peer(torch.nn.Linear(3, 2), torch.zeros(1), "bf16")
+    assert peer.weight.dtype == torch.bfloat16
+    out = peer(torch.ones(4, 3))  # an fp32 batch, as the model trains on it
+    assert out.dtype == torch.bfloat16 and out.shape == (4, 2)
+    assert ex.place_peer(peer, torch.zeros(1), "bf16")._forward_pre_hooks.__len__() == 1  # once
+
+
 def test_peers_stay_out_of_autograd_under_inference_mode(tmp_path):
     with exchanged_pair(tmp_path) as (x0, _, m0, _):
         (peer,) = x0.active_peers()

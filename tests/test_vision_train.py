@@ -9,7 +9,7 @@ import torch
 
 from conftest import cpu_env, run, tool
 from fairseq_codistill.snapshot import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
-from fairseq_codistill.vision.codistill import Codistillation, model_meta
+from fairseq_codistill.vision.codistill import codistillation, model_meta
 from fairseq_codistill.vision.models import build_model
 from fairseq_codistill.vision.options import parse_args
 from fairseq_codistill.vision.train import Compute, main, update
@@ -202,12 +202,12 @@ def test_data_dir_without_torchvision_names_the_flags(tmp_path):
 
 def installed_peer(codistill, model, snapshot_update=4):
     """Step the model's exchange until the peer snapshot at ``snapshot_update`` is in."""
-    codistill.step(snapshot_update, model)
+    codistill.step(snapshot_update)
     for peer in codistill.exchange.peers.values():
         if peer.pending is not None:
             peer.pending.result(timeout=30)
-    codistill.step(snapshot_update + 1, model)
-    return codistill.exchange.active_peers()
+    codistill.step(snapshot_update + 1)
+    return codistill.peers()
 
 
 def test_bf16_autocast_runs_model_and_peer_in_bf16_channels_last(tmp_path):
@@ -220,7 +220,7 @@ def test_bf16_autocast_runs_model_and_peer_in_bf16_channels_last(tmp_path):
                    meta=model_meta("resnet8", 10), dtype="fp16")
     compute = Compute.from_args(args, torch.device("cpu"))
     model = build_model("resnet8", 10).to(memory_format=compute.memory_format)
-    codistill = Codistillation(args, model, 10)
+    codistill = codistillation(args, model, 10)
     try:
         (peer,) = installed_peer(codistill, model)
         conv = peer.stem[0].weight

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from fairseq_codistill.storage import atomic_write
-from fairseq_codistill.vision.codistill import Codistillation
+from fairseq_codistill.codistillation import Codistillation
+from fairseq_codistill.vision.codistill import codistillation
 from fairseq_codistill.vision.data import build_datasets, train_loader, val_loader
 from fairseq_codistill.vision.models import build_model
 from fairseq_codistill.vision.options import RESUME_INVARIANTS, parse_args
@@ -122,7 +123,10 @@ def update(model: nn.Module, images: torch.Tensor, target: torch.Tensor, optimiz
     with compute.autocast():
         output = model(images)  # (B, C)
         loss = F.cross_entropy(output, target)
-        penalty = codistill.penalty(images, output) if alpha > 0 else None
+        # D averaged over the peers and over the batch; None without a peer. A peer runs in
+        # its own dtype (--codistill-peer-dtype), autocast, when on, casting again per op.
+        penalty = (codistill.penalty(output, lambda peer: peer(images))  # (B, C) each
+                   if alpha > 0 and codistill.peers() else None)
     total = loss if penalty is None else loss + alpha * penalty
     optimizer.zero_grad(set_to_none=True)
     compute.backward_and_step(total, optimizer)
@@ -143,10 +147,10 @@ def train(loader, model: nn.Module, optimizer, schedules: Schedules, codistill: 
         lr, wd = schedules.apply(optimizer, epoch_f)
         images = compute.images(images)
         target = target.to(compute.device, non_blocking=True)
-        if codistill is not None:
-            codistill.step(progress.num_updates, unwrap(model))  # publish / swap peers
-            alpha = codistill.alpha(progress.epoch + 1, progress.num_updates,
-                                    num_decays(epoch_f, schedules.lr.milestones))
+        if codistill is not None:  # publish / swap peers
+            codistill.step(progress.num_updates, epoch=progress.epoch + 1,
+                           num_lr_decays=num_decays(epoch_f, schedules.lr.milestones))
+            alpha = codistill.alpha
         loss, penalty, output = update(model, images, target, optimizer, codistill, alpha, compute)
         progress.num_updates += 1
         zero = loss.new_zeros(())
@@ -219,7 +223,7 @@ def checkpoint_state(args, model: nn.Module, optimizer, progress: Progress, num_
         "scaler": compute.scaler.state_dict() if compute.scaler is not None else None,
         "progress": vars(progress).copy(),
         "args": vars(args).copy(),
-        "exchange": codistill.exchange.state_dict() if codistill is not None else None,
+        "exchange": codistill.state_dict() if codistill is not None else None,
         "rng": torch.get_rng_state(),
     }
 
@@ -391,9 +395,9 @@ def setup(args, rank: int, world: int, device: torch.device) -> Job:
         ddp = torch.compile(ddp)
     codistill = None
     if args.codistill_dir:
-        codistill = Codistillation(args, model, num_classes)
+        codistill = codistillation(args, model, num_classes)
         if exchange_state:
-            codistill.exchange.load_state_dict(exchange_state)
+            codistill.load_state_dict(exchange_state)
     logger.info("%s: %d classes, %d processes x %d images, %d updates per epoch, epochs %d..%d",
                 args.arch, num_classes, world, args.batch_size, len(train_data),
                 progress.epoch + 1, args.epochs)
@@ -429,7 +433,7 @@ def fit(job: Job) -> None:
             if job.rank == 0:
                 record.update(epoch=progress.epoch, updates=progress.num_updates,
                               param_dist=param_dist(job.model, job.init), seconds=time.time() - start,
-                              **(job.codistill.stats() if job.codistill is not None else {}))
+                              **(job.codistill.metrics() if job.codistill is not None else {}))
                 save_checkpoint(checkpoint_state(args, job.model, job.optimizer, progress, job.num_classes,
                                                  job.codistill, job.compute), is_best, job.save_dir)
                 write_metrics(job.save_dir / "metrics.jsonl", record)
