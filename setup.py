@@ -15,7 +15,9 @@ setup(
     # --codistill-dir URLs: fsspec's filesystem for each store, imported only when a URL
     # names it (s3://, gs://, az://).
     extras_require={"report": ["matplotlib"], "data": ["sentencepiece", "sacrebleu"],
-                    "s3": ["s3fs"], "gcs": ["gcsfs"], "azure": ["adlfs"]},
+                    "s3": ["s3fs"], "gcs": ["gcsfs"], "azure": ["adlfs"],
+                    # CodistillSeq2SeqTrainer; accelerate because the Trainer needs it
+                    "hf": ["transformers>=5.0", "accelerate>=1.0"]},
     entry_points={
         "console_scripts": [
             "fairseq-codistill-launch = fairseq_codistill.launch:main",

@@ -31,7 +31,7 @@ import torch
 
 from fairseq_codistill import options as opts
 from fairseq_codistill.averaging import WeightAveraging
-from fairseq_codistill.exchange import AVERAGING_METHODS, Exchange, PeerExchange
+from fairseq_codistill.exchange import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
 from fairseq_codistill.loss import AlphaSchedule, peers_penalty
 
 Weights = Dict[str, torch.Tensor]
@@ -66,9 +66,7 @@ class Codistillation:
         with _named_as_keywords(keyword_style):
             cfg = opts.defaults(**keywords) if keyword_style else options
             self.cfg = cfg
-            self.schedule: AlphaSchedule = opts.alpha_schedule(cfg)
-            opts.check_penalty(cfg)
-            exchange_cfg = opts.exchange_config(cfg)
+            self.schedule, exchange_cfg = _checked(cfg)
             self.kind, self.temperature = str(cfg.codistill_loss), cfg.codistill_temperature
             self.model = model
             self.weights = weights or (lambda: model_weights(model))
@@ -153,6 +151,24 @@ class Codistillation:
     def close(self) -> None:
         """Finish the last write, mark the lease finished. Idempotent; also at exit."""
         self.exchange.close()
+
+
+def _checked(cfg):
+    """(alpha schedule, exchange config) of the options ``cfg``; errors name the flags."""
+    schedule = opts.alpha_schedule(cfg)
+    opts.check_penalty(cfg)
+    exchange_cfg = opts.exchange_config(cfg)
+    exchange_cfg.validate()
+    return schedule, exchange_cfg
+
+
+def check_options(**keywords) -> None:
+    """Check codistill_* keywords, and that their store can work, without starting an
+    exchange (a front end does it before training); errors name the keyword."""
+    with _named_as_keywords(True):
+        cfg = opts.defaults(**keywords)
+        _checked(cfg)
+        check_exchange_dir(cfg.codistill_dir)
 
 
 _FLAG = re.compile(r"--codistill-([a-z-]+)")
