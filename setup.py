@@ -20,9 +20,9 @@ setup(
                     "hf": ["transformers>=5.0", "accelerate>=1.0"]},
     entry_points={
         "console_scripts": [
-            "fairseq-codistill-launch = fairseq_codistill.launch:main",
-            "fairseq-codistill-report = fairseq_codistill.report:main",
-            "fairseq-codistill-average = fairseq_codistill.average:main",
+            "fairseq-codistill-launch = fairseq_codistill.tools.launch:main",
+            "fairseq-codistill-report = fairseq_codistill.tools.report:main",
+            "fairseq-codistill-average = fairseq_codistill.tools.average:main",
             "fairseq-codistill-vision = fairseq_codistill.vision.train:main",
         ],
     },

@@ -23,7 +23,7 @@ import fairseq_codistill  # noqa: F401
 import torch
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import place_peer
+from fairseq_codistill.exchange.peers import place_peer
 
 # fairseq's and hydra's start-up chatter would bury the figures.
 logging.disable(logging.INFO)
@@ -329,7 +329,7 @@ class PeerTask:
 
 
 def codistill_criterion(task, peers, alpha: float):
-    from fairseq_codistill.criterion import (
+    from fairseq_codistill.fairseq_plugin.criterion import (
         CodistillCrossEntropyConfig,
         CodistillCrossEntropyCriterion,
     )

@@ -26,8 +26,8 @@ import tempfile
 from pathlib import Path
 
 import common
-from fairseq_codistill.exchange import TOPOLOGIES, peer_ids
-from fairseq_codistill.snapshot import SNAPSHOT_DTYPES, cast_state_dict, write_snapshot
+from fairseq_codistill.exchange.peers import TOPOLOGIES, peer_ids
+from fairseq_codistill.exchange.snapshot import SNAPSHOT_DTYPES, cast_state_dict, write_snapshot
 
 GRAD_BYTES = 4  # fp32 gradients
 # The floor of a snapshot: bytes per parameter in its dtype (int8: one byte per weight; its

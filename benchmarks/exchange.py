@@ -78,14 +78,14 @@ import torch
 
 import common
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import PeerExchange
-from fairseq_codistill.snapshot import (
+from fairseq_codistill.exchange.peers import PeerExchange
+from fairseq_codistill.exchange.snapshot import (
     SNAPSHOT_DTYPES,
     cast_state_dict,
     read_snapshot,
     write_snapshot,
 )
-from fairseq_codistill.storage import LocalStore, Store, open_store
+from fairseq_codistill.exchange.storage import LocalStore, Store, open_store
 
 # The disk baseline's request sizes: the fastest plain patterns found on a virtual disk
 # (1 MiB writes beat 64 MiB ones by 2-4x there; reads like large requests).
@@ -335,8 +335,8 @@ def swap_stalls(task, cfg, model, optimizer, sample, dtype, root: str, device, m
 def averaging_costs(model, optimizer, dtype: str, root: str, method: str) -> dict:
     """Seconds of one averaging step of model 0, model 1's snapshot of that update in
     ``root`` already, by part: publish, wait, read, average."""
-    from fairseq_codistill.averaging import WeightAveraging
-    from fairseq_codistill.task import trained_weights
+    from fairseq_codistill.exchange.averaging import WeightAveraging
+    from fairseq_codistill.fairseq_plugin.task import trained_weights
 
     interval = 1000
     cfg = opts.exchange_config(opts.defaults(
@@ -407,7 +407,7 @@ def main(argv=None):
         ref = common.interleaved(
             {"update": lambda: common.update(task, model, criterion, optimizer, sample)},
             reps=3, warmup=0, device=device)["update"]
-        del criterion  # the peer model: averaging needs the memory
+        criterion = None  # frees the peer model: averaging needs the memory
         averaging = {(m, d): averaging_costs(model, optimizer, d, f"{root}/avg-{m}-{d}", m)
                      for m in ("localsgd", "diloco") for d in args.dtypes}
     finally:

@@ -42,7 +42,7 @@ fi
 
 # Half precisions to measure: fairseq's --fp16 needs CUDA; bf16 where the GPU has it.
 if [[ "$DEVICE" == cuda ]]; then
-    FAST=$("$PYTHON" -m fairseq_codistill.precision --device cuda)
+    FAST=$("$PYTHON" -m fairseq_codistill.core.precision --device cuda)
     [[ "$FAST" != fp32 ]] || { echo "gpu_check: no CUDA GPU visible (DEVICE=cpu for the smoke run)" >&2; exit 1; }
     HALVES=(fp16)
     if [[ "$FAST" == bf16 ]]; then HALVES+=(bf16); fi
@@ -164,10 +164,10 @@ nmt_check() {
     done
     for i in 0 1; do
         wait "${pids[i]}" || { echo "NMT model $i failed:"; tail -n 30 "$WORK/nmt$i.log"; return 1; }
-        "$PYTHON" -m fairseq_codistill.logs "$WORK/nmt$i.log" train_inner num_updates > /dev/null
+        "$PYTHON" -m fairseq_codistill.tools.logs "$WORK/nmt$i.log" train_inner num_updates > /dev/null
         printf 'nmt   model %d: %s\n' "$i" "$("$PYTHON" - "$WORK/nmt$i.log" <<'EOF'
 import sys
-from fairseq_codistill import logs
+from fairseq_codistill.tools import logs
 text = open(sys.argv[1]).read()
 get = lambda tag, key: logs.last_value(text, tag, key)
 print(f"updates {get('train_inner', 'num_updates'):.0f}, loss {get('train_inner', 'loss')}, "

@@ -64,7 +64,7 @@ def main(argv=None):
     from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments
 
     from fairseq_codistill.codistillation import Codistillation
-    from fairseq_codistill.loss import AlphaSchedule
+    from fairseq_codistill.core.loss import AlphaSchedule
     from fairseq_codistill.integrations.hf import CodistillSeq2SeqTrainer, build_peer, model_meta
 
     args = parse_args(argv)

@@ -6,7 +6,7 @@ peer in fp32 next to an fp32 model: the penalty's value and its gradient.
 
 on one batch, where P is the MSE penalty (summed over tokens) and the peer's logits are
 compared in fp32 either way. The same figures for a peer that computes in fp32 on weights
-read back from a snapshot (``--snapshot``: int8 as fairseq_codistill.quantize stores it,
+read back from a snapshot (``--snapshot``: int8 as fairseq_codistill.exchange.quantize stores it,
 or a plain fp16/bf16 cast), named ``snapshot_<format>``, and for every peer how far its
 own logits z_peer move, over the target tokens (a ``diff`` line gives the max |.|):
 
@@ -29,9 +29,9 @@ from typing import Dict, Tuple
 import torch
 
 import common
-from fairseq_codistill.loss import codistill_penalty
-from fairseq_codistill.precision import HALF_DTYPES
-from fairseq_codistill.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.core.loss import codistill_penalty
+from fairseq_codistill.core.precision import HALF_DTYPES
+from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8
 
 SNAPSHOTS = ("int8", "fp16", "bf16")
 

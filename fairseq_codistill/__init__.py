@@ -15,14 +15,14 @@ import sys
 def register() -> None:
     """Register ``codistill_ce`` and ``codistill_translation`` with fairseq, and make its
     ``--bf16`` train on a CPU or GPU. Idempotent."""
-    from fairseq_codistill.checkpoints import allow_fairseq_checkpoints
+    from fairseq_codistill.fairseq_plugin.checkpoints import allow_fairseq_checkpoints
 
-    from fairseq_codistill.precision import install_bf16_fix
+    from fairseq_codistill.fairseq_plugin.bf16 import install_bf16_fix
 
     allow_fairseq_checkpoints()  # resume and fairseq-generate on torch >= 2.6
     install_bf16_fix()  # fairseq-train --bf16 on a CPU or GPU (fairseq's --bf16 implies --tpu)
-    from fairseq_codistill import criterion, task  # noqa: F401  the @register_* decorators
-    from fairseq_codistill.cli_help import print_plugin_help
+    from fairseq_codistill.fairseq_plugin import criterion, task  # noqa: F401  the @register_* decorators
+    from fairseq_codistill.fairseq_plugin.cli_help import print_plugin_help
 
     print_plugin_help()
 
@@ -48,6 +48,30 @@ class _RegisterAfterFairseq(importlib.abc.MetaPathFinder):
         return spec
 
 
+# Modules that moved into subpackages (2026-12): an old import path fails, naming the new.
+MOVED = {
+    "loss": "core.loss", "precision": "core.precision (--bf16 off TPUs: fairseq_plugin.bf16)",
+    "averaging": "exchange.averaging", "snapshot": "exchange.snapshot", "storage": "exchange.storage",
+    "lease": "exchange.lease", "quantize": "exchange.quantize",
+    "task": "fairseq_plugin.task", "criterion": "fairseq_plugin.criterion",
+    "checkpoints": "fairseq_plugin.checkpoints", "cli_help": "fairseq_plugin.cli_help",
+    "launch": "tools.launch", "report": "tools.report", "study": "tools.study",
+    "average": "tools.average", "evaluate": "tools.evaluate", "logs": "tools.logs",
+}
+
+
+class _Moved(importlib.abc.MetaPathFinder):
+    """Consulted last: only a path that no longer exists reaches it."""
+
+    def find_spec(self, fullname, path, target=None):
+        package, _, name = fullname.rpartition(".")
+        if package == __name__ and name in MOVED:
+            raise ModuleNotFoundError(f"{fullname} moved to {__name__}.{MOVED[name]}: import it "
+                                      "from there (the README's Layout lists the package)", name=fullname)
+        return None
+
+
+sys.meta_path.append(_Moved())
 if "fairseq" in sys.modules:
     register()
 else:
@@ -59,4 +83,6 @@ def __getattr__(name):
         from fairseq_codistill.codistillation import Codistillation
 
         return Codistillation
+    if name in MOVED:  # from fairseq_codistill import <an old module>
+        raise ImportError(f"{__name__}.{name} moved to {__name__}.{MOVED[name]}: import it from there")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -30,9 +30,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.averaging import WeightAveraging
-from fairseq_codistill.exchange import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
-from fairseq_codistill.loss import AlphaSchedule, peers_penalty
+from fairseq_codistill.exchange.averaging import WeightAveraging
+from fairseq_codistill.exchange.peers import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
+from fairseq_codistill.core.loss import AlphaSchedule, peers_penalty
 
 Weights = Dict[str, torch.Tensor]
 

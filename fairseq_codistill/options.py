@@ -15,10 +15,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Tuple
 
-from fairseq_codistill.exchange import METHODS, TOPOLOGIES, ExchangeConfig
-from fairseq_codistill.snapshot import SNAPSHOT_DTYPES
-from fairseq_codistill.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule
-from fairseq_codistill.precision import PEER_DTYPES
+from fairseq_codistill.exchange.peers import METHODS, TOPOLOGIES, ExchangeConfig
+from fairseq_codistill.exchange.snapshot import SNAPSHOT_DTYPES
+from fairseq_codistill.core.loss import PENALTY_KINDS, SCHEDULES, AlphaSchedule
+from fairseq_codistill.core.precision import PEER_DTYPES
 
 
 @dataclass(frozen=True)

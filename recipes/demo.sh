@@ -56,7 +56,7 @@ progress() {
         (( running )) || break
         line=""
         for i in "${!labels[@]}"; do
-            read -r updates nll < <("$PYTHON" -m fairseq_codistill.logs "${logs[$i]}" \
+            read -r updates nll < <("$PYTHON" -m fairseq_codistill.tools.logs "${logs[$i]}" \
                 train_inner num_updates valid nll_loss)
             [[ "$updates" != - ]] || updates=0
             [[ "$nll" != - ]] || nll=""

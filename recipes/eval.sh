@@ -2,7 +2,7 @@
 # Evaluate a run of the NMT recipes: average each model's last AVG epoch checkpoints
 # (fairseq-codistill-average), translate SPLIT with the recipe's beam and length penalty,
 # score the detokenized output with sacrebleu, and measure the validation NLL (base 2, as
-# fairseq logs it) of the references; both through fairseq_codistill.evaluate.
+# fairseq logs it) of the references; both through fairseq_codistill.tools.evaluate.
 #
 #   SAVE_DIR=checkpoints/iwslt14_codistill bash recipes/eval.sh
 #
@@ -91,7 +91,7 @@ score() {
         --gen-subset "$SPLIT" \
         --beam "$BEAM" --lenpen "$LENPEN" \
         --post-process "$POST_PROCESS"
-    "$PYTHON" -m fairseq_codistill.evaluate \
+    "$PYTHON" -m fairseq_codistill.tools.evaluate \
         --generate "$dir/$SPLIT.gen.out" --reference "$REF" --split "$SPLIT" \
         --score-reference "$dir/valid.score.out" \
         --checkpoint "$paths" \

@@ -49,7 +49,7 @@ DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visibl
 # bf16), fp16 on a GPU without bf16, fp32 elsewhere; or set it.
 PRECISION=${PRECISION:-auto}
 if [[ "$PRECISION" == auto ]]; then
-    PRECISION=$("$PYTHON" -m fairseq_codistill.precision --device "$DEVICE")
+    PRECISION=$("$PYTHON" -m fairseq_codistill.core.precision --device "$DEVICE")
 fi
 THREADS=${THREADS:-$(nproc)}             # CPU cores in all
 # Models of a pair meet at each exchange (wait until the peer has published the same
@@ -236,7 +236,7 @@ evaluate() {
             || { tail -n 20 "$dir/$out-valid.log" >&2; return 2; }
         scored=(--score-reference "$dir/$out-valid.txt")
     fi
-    "$PYTHON" -m fairseq_codistill.evaluate \
+    "$PYTHON" -m fairseq_codistill.tools.evaluate \
         --generate "$dir/$out-test.txt" --reference "$DATA/raw/test.$TGT" \
         "${scored[@]}" --checkpoint "$path" --out "$dir/$out.json" > /dev/null
 }

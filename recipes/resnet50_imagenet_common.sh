@@ -58,7 +58,7 @@ speed_args() {
     local amp=$AMP
     if [[ "$amp" == auto ]]; then
         amp=none
-        if (( NGPU > 0 )) && [[ "$("$PYTHON" -m fairseq_codistill.precision --device cuda 2>/dev/null || true)" == bf16 ]]; then
+        if (( NGPU > 0 )) && [[ "$("$PYTHON" -m fairseq_codistill.core.precision --device cuda 2>/dev/null || true)" == bf16 ]]; then
             amp=bf16
         fi
     fi

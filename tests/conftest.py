@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fairseq_codistill import logs
+from fairseq_codistill.tools import logs
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN = str(REPO / "fairseq_codistill")
@@ -52,7 +52,7 @@ def run(cmd, timeout=300, check=True, **kw) -> subprocess.CompletedProcess:
 
 def json_logs(text: str, tag: str = "train_inner"):
     """The JSON records fairseq logs (--log-format json) under ``tag``: numbers as floats,
-    keys without their train_/valid_ prefix (fairseq_codistill.logs)."""
+    keys without their train_/valid_ prefix (fairseq_codistill.tools.logs)."""
     return [record for _, record in logs.records(text, tag)]
 
 

@@ -4,7 +4,7 @@ survive ``stop()`` and ``start()`` on the same port: a store that went down and 
 import os
 import uuid
 
-from fairseq_codistill.launch import free_port
+from fairseq_codistill.tools.launch import free_port
 
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,12 +1,12 @@
-"""fairseq_codistill.average: which checkpoints, and their mean, on hand-made checkpoints
+"""fairseq_codistill.tools.average: which checkpoints, and their mean, on hand-made checkpoints
 in fairseq's layout (a real one is averaged by the recipe chain in test_recipes.py)."""
 import argparse
 
 import pytest
 import torch
 
-from fairseq_codistill.average import average_checkpoints, last_checkpoints, main
-from fairseq_codistill.checkpoints import load_checkpoint_state
+from fairseq_codistill.tools.average import average_checkpoints, last_checkpoints, main
+from fairseq_codistill.fairseq_plugin.checkpoints import load_checkpoint_state
 
 
 def save_checkpoint(path, weight, bias, steps, epoch):

@@ -9,8 +9,7 @@ import time
 import pytest
 import torch
 
-from fairseq_codistill import averaging as avg
-from fairseq_codistill import exchange as ex
+from fairseq_codistill.exchange import averaging as avg
 
 from test_exchange import exchange_config
 
@@ -224,7 +223,7 @@ def test_the_weights_averaged_are_the_fp32_masters_of_a_bf16_model():
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.optim.fp16_optimizer import FP16Optimizer
 
-    from fairseq_codistill.task import sync_half_precision_copy, trained_weights
+    from fairseq_codistill.fairseq_plugin.task import sync_half_precision_copy, trained_weights
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)).to(torch.bfloat16)
@@ -245,7 +244,7 @@ def test_the_weights_averaged_are_the_fp32_masters_of_a_bf16_model():
 
 def test_flat_fp32_masters_are_sliced_in_parameter_order():
     """fairseq flattens the masters of --fp16 on a GPU into one buffer per device."""
-    from fairseq_codistill.task import trained_weights
+    from fairseq_codistill.fairseq_plugin.task import trained_weights
 
     model = torch.nn.Linear(2, 3)  # weight (3, 2), then bias (3,)
 

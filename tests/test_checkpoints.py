@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 LOAD = """
 import sys, torch
 if sys.argv[2] == "allow":
-    from fairseq_codistill.checkpoints import allow_fairseq_checkpoints
+    from fairseq_codistill.fairseq_plugin.checkpoints import allow_fairseq_checkpoints
     allow_fairseq_checkpoints()
 state = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
 print(state["cfg"].common.seed, state["cfg"].optimization.lr[0], state["args"].encoder_layers)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, binarize, cpu_env, json_logs, make_parallel_text, run, tool
-from fairseq_codistill.checkpoints import load_checkpoint_state
+from fairseq_codistill.fairseq_plugin.checkpoints import load_checkpoint_state
 
 pytestmark = pytest.mark.e2e
 

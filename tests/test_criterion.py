@@ -8,7 +8,7 @@ from fairseq import options, tasks
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
 from conftest import PLUGIN, TINY_ARCH
-from fairseq_codistill.loss import codistill_penalty
+from fairseq_codistill.core.loss import codistill_penalty
 
 
 def build(data_bin, *extra, criterion="codistill_ce"):
@@ -176,7 +176,7 @@ def test_registered_whatever_the_import_order():
     import subprocess
     import sys
 
-    code = ("import sys, fairseq_codistill.exchange\n"
+    code = ("import sys, fairseq_codistill.exchange.peers\n"
             "assert 'fairseq' not in sys.modules\n"
             "from fairseq import options\n"
             "args = options.parse_args_and_arch(options.get_training_parser(), "

@@ -11,9 +11,9 @@ import zlib
 import pytest
 import torch
 
-from fairseq_codistill import exchange as ex
-from fairseq_codistill import snapshot as snapfile
-from fairseq_codistill import storage
+from fairseq_codistill.exchange import peers as ex
+from fairseq_codistill.exchange import snapshot as snapfile
+from fairseq_codistill.exchange import storage
 
 
 def tiny_state(seed=0):
@@ -296,7 +296,7 @@ def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, c
     (tmp_path / "model1" / "snapshot-0000000005.cds").write_bytes(b"garbage" * 10)
     x0 = make_exchange(tmp_path, 0)
     try:
-        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange.peers"):
             settle(x0, 5, m0)
             settle(x0, 10, m0)  # the same bad file again: no second warning
         assert x0.active_peers() == []
@@ -305,7 +305,7 @@ def test_bad_and_incompatible_snapshots_are_skipped_with_one_warning(tmp_path, c
         snapfile.write_snapshot(tmp_path, 1, 15, snapfile.cast_state_dict(torch.nn.Linear(3, 4).state_dict(), "fp16"),
                           meta={"out": 4})
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange.peers"):
             settle(x0, 15, m0)
         assert x0.active_peers() == []
         assert any("4 outputs, expected 2" in r.message for r in caplog.records)
@@ -343,7 +343,7 @@ def test_a_failed_publish_warns_and_training_goes_on(tmp_path, caplog, monkeypat
     write = ex.write_snapshot
     monkeypatch.setattr(ex, "write_snapshot", no_space)
     try:
-        with caplog.at_level(logging.INFO, logger="fairseq_codistill.exchange"):
+        with caplog.at_level(logging.INFO, logger="fairseq_codistill.exchange.peers"):
             x0.step(5, m0)
             x0.wait_for_write()
             assert [r.levelname for r in caplog.records if "could not publish" in r.message] == ["WARNING"]
@@ -418,7 +418,7 @@ def test_a_peer_that_cannot_be_built_is_skipped_and_training_goes_on(tmp_path, c
 
     x0 = ex.PeerExchange(cfg, build_peer=unknown_arch)
     try:
-        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange"):
+        with caplog.at_level(logging.WARNING, logger="fairseq_codistill.exchange.peers"):
             settle(x0, 5, torch.nn.Linear(3, 2))
             settle(x0, 10, torch.nn.Linear(3, 2))  # the same file: no second warning
         warnings = [r.message for r in caplog.records if "skipping peer snapshot" in r.message]

@@ -3,7 +3,7 @@ import json
 import subprocess
 import sys
 
-from fairseq_codistill import launch
+from fairseq_codistill.tools import launch
 
 
 def jobs_for(monkeypatch, visible, *flags):
@@ -48,7 +48,7 @@ def test_the_launcher_runs_and_writes_its_state_without_torch(tmp_path):
     """It only starts processes and writes JSON: importing torch would cost every launch
     seconds and tie it to the training environment."""
     code = ("import sys\n"
-            "from fairseq_codistill import launch\n"
+            "from fairseq_codistill.tools import launch\n"
             f"rc = launch.main(['--num-models', '2', '--codistill-dir', {str(tmp_path / 'x')!r}, "
             f"'--save-dir', {str(tmp_path / 'run')!r}, '--fairseq-train', '/bin/true', '--', 'DATA', "
             "'--criterion', 'codistill_ce'])\n"

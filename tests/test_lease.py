@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from fairseq_codistill import lease as leases
-from fairseq_codistill.storage import open_store
+from fairseq_codistill.exchange import lease as leases
+from fairseq_codistill.exchange.storage import open_store
 
 from test_exchange import make_exchange
 
@@ -142,8 +142,8 @@ def test_a_peer_whose_lease_went_stale_is_warned_about(tmp_path, caplog):
 # renewing its heartbeat would, only without pause; prints how many writes it made.
 RENEWER = """
 import json, os, sys, time
-from fairseq_codistill import lease as leases
-from fairseq_codistill.storage import open_store
+from fairseq_codistill.exchange import lease as leases
+from fairseq_codistill.exchange.storage import open_store
 store, stop = open_store(sys.argv[1]), sys.argv[2]
 lease = leases.Lease(model_id=0, host=leases.socket.gethostname(), pid=os.getpid(), job="",
                      token="renewer", started=time.time(), heartbeat=time.time(),

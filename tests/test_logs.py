@@ -1,5 +1,5 @@
-"""fairseq_codistill.logs: the one parser of fairseq's JSON log lines."""
-from fairseq_codistill import logs
+"""fairseq_codistill.tools.logs: the one parser of fairseq's JSON log lines."""
+from fairseq_codistill.tools import logs
 
 
 def test_log_records_of_cross_entropy_get_their_nll():

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fairseq_codistill.loss import AlphaSchedule, codistill_penalty
+from fairseq_codistill.core.loss import AlphaSchedule, codistill_penalty
 
 # Two positions, V = 3.
 OWN = [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]]
@@ -165,7 +165,7 @@ def test_fused_mse_matches_the_plain_computation(dtype, monkeypatch):
     # With a gradient needed, "mse"/"sum" runs the fused function; reduction="none" runs
     # the plain autograd path. Both must give the same value and the same gradient, with
     # several peers, padding, and chunks smaller than the input.
-    from fairseq_codistill import loss
+    from fairseq_codistill.core import loss
 
     monkeypatch.setattr(loss._SummedMSE, "CHUNK_BYTES", 8 * 11 * 3)  # 3 rows a chunk
     torch.manual_seed(0)

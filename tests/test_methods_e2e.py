@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_TRAIN, json_logs, record_figure, run, tool
-from fairseq_codistill.checkpoints import load_checkpoint_state
+from fairseq_codistill.fairseq_plugin.checkpoints import load_checkpoint_state
 
 pytestmark = pytest.mark.e2e
 

@@ -6,8 +6,8 @@ import pytest
 
 from conftest import run, tool
 from fairseq_codistill import options as opts
-from fairseq_codistill.criterion import CodistillCrossEntropyConfig
-from fairseq_codistill.task import CodistillTranslationConfig
+from fairseq_codistill.fairseq_plugin.criterion import CodistillCrossEntropyConfig
+from fairseq_codistill.fairseq_plugin.task import CodistillTranslationConfig
 from fairseq_codistill.vision.options import IMAGENET_ALPHA, build_parser
 
 

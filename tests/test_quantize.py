@@ -5,7 +5,7 @@ import io
 import pytest
 import torch
 
-from fairseq_codistill.quantize import (
+from fairseq_codistill.exchange.quantize import (
     SCALE_FLOOR,
     dequantize_int8,
     payload_nbytes,

@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import PLUGIN, TINY_ARCH, TINY_TRAIN, cpu_env, json_logs, record_figure, run, tool
-from fairseq_codistill import exchange as ex
-from fairseq_codistill import snapshot as snapfile
-from fairseq_codistill import storage
-from fairseq_codistill.checkpoints import is_complete, load_checkpoint_state
+from fairseq_codistill.exchange import peers as ex
+from fairseq_codistill.exchange import snapshot as snapfile
+from fairseq_codistill.fairseq_plugin.checkpoints import is_complete, load_checkpoint_state
 
 pytestmark = pytest.mark.reliability
 SCALE = int(os.environ.get("RELIABILITY_SCALE", "1"))
@@ -292,7 +291,7 @@ def test_a_failed_read_mid_run_keeps_the_previous_peer(tmp_path, caplog):
         before = [p.weight.clone() for p in x0.active_peers()]
         # the next "snapshot" cannot be read at all (an I/O error, here a directory)
         (tmp_path / "model1" / "snapshot-0000000010.cds").mkdir()
-        with caplog.at_level("WARNING", logger="fairseq_codistill.exchange"):
+        with caplog.at_level("WARNING", logger="fairseq_codistill.exchange.peers"):
             settle(x0, 10, m0)
         assert any("cannot read" in r.message for r in caplog.records)
         after = x0.active_peers()
@@ -337,7 +336,7 @@ def test_each_kind_of_garbage_is_skipped_with_one_warning(tmp_path, real_snapsho
             caplog.clear()
             (peer_dir / f"snapshot-{5 * u:010d}.cds").write_bytes(data)
             (peer_dir / f".tmp-stray-{u}").write_bytes(data)  # never looked at
-            with caplog.at_level("WARNING", logger="fairseq_codistill.exchange"):
+            with caplog.at_level("WARNING", logger="fairseq_codistill.exchange.peers"):
                 settle(x0, 5 * u, m0)
             warnings = [r.message for r in caplog.records if "skipping peer snapshot" in r.message]
             assert len(warnings) == 1 and message in warnings[0], (kind, warnings)

@@ -1,10 +1,11 @@
 """fairseq-codistill-report on hand-written fairseq logs, and the eval.json it reads
-(fairseq_codistill.evaluate) on hand-written fairseq-generate output."""
+(fairseq_codistill.tools.evaluate) on hand-written fairseq-generate output."""
 import json
 
 import pytest
 
-from fairseq_codistill import evaluate, report
+from fairseq_codistill.tools import evaluate, report
+from fairseq_codistill.tools import runs as runlogs
 
 T = "2026-01-01 00:00:00 | INFO |"
 CONFIG = (f"{T} fairseq_cli.train | {{'_name': None, 'distributed_training': {{'_name': None, "
@@ -82,7 +83,7 @@ def rows_by_label(rows):
 
 def test_table_values(runs, tmp_path):
     base, codistill = runs
-    series = report.load_run(base) + report.load_run(codistill)
+    series = runlogs.load_run(base) + runlogs.load_run(codistill)
     rows = rows_by_label(report.table_row(s, allreduce_workers=2) for s in series)
     assert list(rows) == ["baseline", "codistill/model0", "codistill/model1", "codistill/ensemble"]
 
@@ -106,7 +107,7 @@ def test_table_values(runs, tmp_path):
 
 def test_single_process_baseline_exchanges_nothing_without_allreduce_workers(runs):
     base, _ = runs
-    assert report.table_row(report.load_run(base)[0]).bytes == 0
+    assert report.table_row(runlogs.load_run(base)[0]).bytes == 0
 
 
 def test_a_model_trained_alone_is_not_counted_as_allreduce_workers(tmp_path):
@@ -115,14 +116,14 @@ def test_a_model_trained_alone_is_not_counted_as_allreduce_workers(tmp_path):
     control = tmp_path / "control"
     control.mkdir()
     (control / "train.log").write_text(BASELINE_LOG.replace("'update_freq': [2]", "'update_freq': [1]"))
-    series = report.load_run(control)[0]
+    series = runlogs.load_run(control)[0]
     assert series.setup["update_freq"] == 1
     assert report.table_row(series, allreduce_workers=2).bytes == 0
 
 
 def test_setup_is_read_from_the_config_dump(runs):
     base, codistill = runs
-    b, m0 = report.load_run(base)[0], report.load_run(codistill)[0]
+    b, m0 = runlogs.load_run(base)[0], runlogs.load_run(codistill)[0]
     assert b.setup == {"params": 1000, "world_size": 1, "max_tokens": 1024, "update_freq": 2,
                        "criterion": "label_smoothed_cross_entropy", "label_smoothing": 0.1}
     assert m0.setup["criterion"] == "codistill_ce" and m0.setup["label_smoothing"] == 0.0
@@ -132,9 +133,9 @@ def test_setup_is_read_from_the_config_dump(runs):
 
 def test_curves_keep_the_last_record_of_an_update(runs):
     _, codistill = runs
-    model1 = report.load_run(codistill)[1]
-    assert report.curve(model1.inner, "nll_loss") == ([10.0, 15.0], [6.0, 5.5])
-    assert report.curve(model1.inner, "alpha") == ([10.0, 15.0], [1.0, 1.1])
+    model1 = runlogs.load_run(codistill)[1]
+    assert runlogs.curve(model1.inner, "nll_loss") == ([10.0, 15.0], [6.0, 5.5])
+    assert runlogs.curve(model1.inner, "alpha") == ([10.0, 15.0], [1.0, 1.1])
 
 
 def test_report_folder(runs, tmp_path, capsys):
@@ -178,7 +179,7 @@ def test_a_model_that_never_had_a_peer_is_called_out(runs, tmp_path, capsys):
     alone = MODEL0_LOG.replace('"num_peers": "1"', '"num_peers": "0"')
     (codistill / "model1" / "train.log").write_text(alone)
     (codistill / "model0" / "train.log").write_text(
-        MODEL0_LOG + f"{T} fairseq_codistill.exchange | codistill: model 0 trained without any "
+        MODEL0_LOG + f"{T} fairseq_codistill.exchange.peers | codistill: model 0 trained without any "
         "peer: no peer snapshot was loaded in 20 updates\n")
     report.main([str(codistill), "--out", str(tmp_path / "b")])
     terminal = capsys.readouterr().out
@@ -190,7 +191,7 @@ def test_a_model_that_never_had_a_peer_is_called_out(runs, tmp_path, capsys):
 
 def test_baseline_alone_has_no_codistill_plots(runs, tmp_path):
     base, _ = runs
-    report.write_report(tmp_path / "r", report.load_run(base))
+    report.write_report(tmp_path / "r", runlogs.load_run(base))
     assert (tmp_path / "r" / "loss.png").stat().st_size > 0
     assert not (tmp_path / "r" / "codistill.png").exists()
     assert "codistill.png" not in (tmp_path / "r" / "report.md").read_text()
@@ -202,11 +203,11 @@ def test_a_directory_without_logs_is_an_error(tmp_path):
 
 
 def test_human_units():
-    assert report.human_bytes(999) == "999 B"
-    assert report.human_bytes(80_000) == "80.0 KB"
-    assert report.human_bytes(2.5e9) == "2.5 GB"
-    assert report.human_seconds(42.4) == "0m42s"
-    assert report.human_seconds(3725) == "1h02m"
+    assert runlogs.human_bytes(999) == "999 B"
+    assert runlogs.human_bytes(80_000) == "80.0 KB"
+    assert runlogs.human_bytes(2.5e9) == "2.5 GB"
+    assert runlogs.human_seconds(42.4) == "0m42s"
+    assert runlogs.human_seconds(3725) == "1h02m"
 
 
 # -- eval.json -----------------------------------------------------------------------

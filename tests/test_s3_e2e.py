@@ -10,8 +10,8 @@ import time
 import pytest
 
 from conftest import TINY_TRAIN, cpu_env, json_logs, record_figure, run, tool
-from fairseq_codistill.snapshot import list_snapshots
-from fairseq_codistill.storage import open_store
+from fairseq_codistill.exchange.snapshot import list_snapshots
+from fairseq_codistill.exchange.storage import open_store
 from test_codistill_e2e import check_codistilled, loaded_from
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]

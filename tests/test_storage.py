@@ -7,11 +7,11 @@ import sys
 import pytest
 import torch
 
-from fairseq_codistill import snapshot as snapfile
-from fairseq_codistill import storage
-from fairseq_codistill.launch import free_port
-from fairseq_codistill.quantize import QMAX
-from fairseq_codistill.storage import LocalStore, open_store, redact
+from fairseq_codistill.exchange import snapshot as snapfile
+from fairseq_codistill.exchange import storage
+from fairseq_codistill.tools.launch import free_port
+from fairseq_codistill.exchange.quantize import QMAX
+from fairseq_codistill.exchange.storage import LocalStore, open_store, redact
 
 from s3server import ENV
 
@@ -95,7 +95,7 @@ def test_missing_bucket_names_the_flag(s3_server):
 def test_unreachable_endpoint_fails_fast_naming_the_flag(tmp_path):
     pytest.importorskip("s3fs")
     env = {**os.environ, **ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}
-    code = "from fairseq_codistill.storage import open_store; open_store('s3://b/x').check()"
+    code = "from fairseq_codistill.exchange.storage import open_store; open_store('s3://b/x').check()"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode != 0

@@ -1,9 +1,9 @@
-"""fairseq_codistill.study (fairseq-codistill-report --study) on logs written here."""
+"""fairseq_codistill.tools.study (fairseq-codistill-report --study) on logs written here."""
 import json
 
 import pytest
 
-from fairseq_codistill import report, study
+from fairseq_codistill.tools import report, study
 
 T = "2026-12-01 10:00:00 | INFO"
 SETTING = {"lang_pair": "de-en", "updates": 20, "tokens": 1024, "fraction": 0.0625, "layers": 3}

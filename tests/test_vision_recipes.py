@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from conftest import BIN, REPO, cpu_env
-from fairseq_codistill.snapshot import list_snapshots
+from fairseq_codistill.exchange.snapshot import list_snapshots
 
 RECIPES = sorted((REPO / "recipes").glob("resnet50_imagenet_*.sh"))
 

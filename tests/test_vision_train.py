@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import cpu_env, run, tool
-from fairseq_codistill.snapshot import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
+from fairseq_codistill.exchange.snapshot import cast_state_dict, list_snapshots, read_snapshot, write_snapshot
 from fairseq_codistill.vision.codistill import codistillation, model_meta
 from fairseq_codistill.vision.models import build_model
 from fairseq_codistill.vision.options import parse_args

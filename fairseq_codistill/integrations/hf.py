@@ -29,7 +29,7 @@ from transformers import Seq2SeqTrainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 from fairseq_codistill.codistillation import Codistillation, check_options
-from fairseq_codistill.snapshot import SnapshotError
+from fairseq_codistill.exchange.snapshot import SnapshotError
 
 STATE_FILE = "codistill_state.pt"  # in each checkpoint-N folder
 REQUIRED = ("codistill_dir", "codistill_id")

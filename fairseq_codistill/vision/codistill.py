@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fairseq_codistill.codistillation import Codistillation
-from fairseq_codistill.snapshot import SnapshotError
+from fairseq_codistill.exchange.snapshot import SnapshotError
 from fairseq_codistill.vision.models import arch_error, build_model
 
 

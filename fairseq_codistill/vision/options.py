@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange import check_exchange_dir
+from fairseq_codistill.exchange.peers import check_exchange_dir
 from fairseq_codistill.vision.data import require_torchvision
 from fairseq_codistill.vision.models import arch_error
 from fairseq_codistill.vision.schedules import LR_SCHEDULES, scale_for_fraction
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "passes under torch.autocast in this dtype, weights and optimizer in fp32; "
                    "fp16 adds a GradScaler. Peers run in it too (with --codistill-peer-dtype "
                    "auto). bf16 needs a GPU that supports it (Ampere or later) or a CPU with "
-                   "fast bf16: `python -m fairseq_codistill.precision [--device cuda]` says")
+                   "fast bf16: `python -m fairseq_codistill.core.precision [--device cuda]` says")
     g.add_argument("--channels-last", action="store_true", help="NHWC layout for the model, "
                    "its peers and the images: the layout tensor cores and oneDNN convolve fastest")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (not its "

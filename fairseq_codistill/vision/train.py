@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from fairseq_codistill.storage import atomic_write
+from fairseq_codistill.exchange.storage import atomic_write
 from fairseq_codistill.codistillation import Codistillation
 from fairseq_codistill.vision.codistill import codistillation
 from fairseq_codistill.vision.data import build_datasets, train_loader, val_loader

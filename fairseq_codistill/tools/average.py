@@ -21,8 +21,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from fairseq_codistill.checkpoints import load_checkpoint_state
-from fairseq_codistill.storage import atomic_write
+from fairseq_codistill.fairseq_plugin.checkpoints import load_checkpoint_state
+from fairseq_codistill.exchange.storage import atomic_write
 
 EPOCH_CHECKPOINT = re.compile(r"checkpoint(\d+)\.pt$")
 UPDATE_CHECKPOINT = re.compile(r"checkpoint_\d+_(\d+)\.pt$")

@@ -31,7 +31,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Optional
 
-from fairseq_codistill.storage import Outage, Store, model_prefix, replaced_while_read
+from fairseq_codistill.exchange.storage import Outage, Store, model_prefix, replaced_while_read
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from fairseq_codistill.report import Series, curve, human_bytes, human_seconds, load_run, wall_seconds
+from fairseq_codistill.tools.runs import Series, curve, human_bytes, human_seconds, load_run, wall_seconds
 
 KINDS = ("baseline", "control", "codistill", "localsgd", "diloco")
 PAIRS = ("codistill", "localsgd", "diloco")

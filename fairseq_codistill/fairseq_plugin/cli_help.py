@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from fairseq_codistill.launch import flag_value
+from fairseq_codistill.tools.launch import flag_value
 
 
 def print_plugin_help(argv: Optional[List[str]] = None, out=sys.stdout) -> bool:
@@ -19,8 +19,8 @@ def print_plugin_help(argv: Optional[List[str]] = None, out=sys.stdout) -> bool:
         return False
     from fairseq.dataclass.utils import gen_parser_from_dataclass
 
-    from fairseq_codistill.criterion import CodistillCrossEntropyConfig
-    from fairseq_codistill.task import CodistillTranslationConfig
+    from fairseq_codistill.fairseq_plugin.criterion import CodistillCrossEntropyConfig
+    from fairseq_codistill.fairseq_plugin.task import CodistillTranslationConfig
 
     sections = []
     if flag_value(argv, "--criterion") == "codistill_ce":

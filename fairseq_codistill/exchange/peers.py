@@ -4,10 +4,10 @@ peers', which version it uses, and what it tells the user when a peer is missing
 ``Exchange`` holds what every policy shares: the store, this model's lease, publishing in
 the background, and closing. ``PeerExchange`` is codistillation's policy (``--codistill-method
 distill``): peers' newest snapshots are loaded as models, never waited for.
-``fairseq_codistill.averaging`` holds the policies that share weights instead (LocalSGD,
-DiLoCo). The snapshot format is ``fairseq_codistill.snapshot``; where the bytes go (a
-directory, or an object store such as S3) is ``fairseq_codistill.storage``; who trains as
-which model is ``fairseq_codistill.lease``. No fairseq import: the NMT task and the vision
+``fairseq_codistill.exchange.averaging`` holds the policies that share weights instead (LocalSGD,
+DiLoCo). The snapshot format is ``fairseq_codistill.exchange.snapshot``; where the bytes go (a
+directory, or an object store such as S3) is ``fairseq_codistill.exchange.storage``; who trains as
+which model is ``fairseq_codistill.exchange.lease``. No fairseq import: the NMT task and the vision
 trainer both drive an exchange.
 """
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from fairseq_codistill import lease as leases
-from fairseq_codistill.precision import PEER_DTYPES, peer_dtype
-from fairseq_codistill.snapshot import (
+from fairseq_codistill.exchange import lease as leases
+from fairseq_codistill.core.precision import PEER_DTYPES, peer_dtype
+from fairseq_codistill.exchange.snapshot import (
     SNAPSHOT_DTYPES,
     Snapshot,
     SnapshotError,
@@ -33,7 +33,7 @@ from fairseq_codistill.snapshot import (
     read_snapshot,
     write_snapshot,
 )
-from fairseq_codistill.storage import Outage, model_prefix, open_store, replaced_while_read
+from fairseq_codistill.exchange.storage import Outage, model_prefix, open_store, replaced_while_read
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class Exchange:
     """What every policy shares: this model's store and lease, its snapshots published in
     the background (writer rank only), the store's outages, and closing.
 
-    The writer rank holds this model's lease (``fairseq_codistill.lease``) from
+    The writer rank holds this model's lease (``fairseq_codistill.exchange.lease``) from
     construction to ``close``; constructing fails, naming the flag, when another live
     job holds the same id or disagrees on the number of models, the topology or the method.
     """

@@ -6,8 +6,8 @@ with every value a string; the epoch records (tag ``train``) prefix their keys w
 ``train_`` and validation records (tag ``valid``, or the subset's name) with ``valid_``.
 Standard library only: the launcher must not import torch to show progress.
 
-    python -m fairseq_codistill.logs LOG TAG KEY   # KEY of the newest TAG record in LOG
-    python -m fairseq_codistill.logs LOG TAG KEY TAG KEY ...   # one line, "-" where missing
+    python -m fairseq_codistill.tools.logs LOG TAG KEY   # KEY of the newest TAG record in LOG
+    python -m fairseq_codistill.tools.logs LOG TAG KEY TAG KEY ...   # one line, "-" where missing
 """
 import json
 import re
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else argv
     path, pairs = (args[0], list(zip(args[1::2], args[2::2]))) if args else ("", [])
     if len(args) < 3 or len(args) % 2 == 0 or any(tag not in TAGS for tag, _ in pairs):
-        print(f"usage: python -m fairseq_codistill.logs LOG {{{','.join(TAGS)}}} KEY [TAG KEY]...",
+        print(f"usage: python -m fairseq_codistill.tools.logs LOG {{{','.join(TAGS)}}} KEY [TAG KEY]...",
               file=sys.stderr)
         return 2
     try:

@@ -26,9 +26,9 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from fairseq_codistill.exchange import Exchange, ExchangeConfig, all_ranks_min, broadcast_from_rank0
-from fairseq_codistill.quantize import dequantize_int8, quantize_int8
-from fairseq_codistill.snapshot import (
+from fairseq_codistill.exchange.peers import Exchange, ExchangeConfig, all_ranks_min, broadcast_from_rank0
+from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.exchange.snapshot import (
     SnapshotError,
     cast_state_dict,
     list_snapshots,

@@ -4,7 +4,7 @@
         --user-dir fairseq_codistill > gen.txt
     fairseq-generate DATA --path CKPT[:CKPT2...] --gen-subset valid --score-reference \\
         --user-dir fairseq_codistill > score.txt
-    python -m fairseq_codistill.evaluate --generate gen.txt --reference raw/test.en \\
+    python -m fairseq_codistill.tools.evaluate --generate gen.txt --reference raw/test.en \\
         --score-reference score.txt --checkpoint CKPT --out eval.json
 
 BLEU compares the detokenized hypotheses (``D-`` lines) with the raw reference text, not
@@ -86,7 +86,7 @@ def evaluate(generate_output: Optional[Path], reference: Optional[Path],
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m fairseq_codistill.evaluate",
+    p = argparse.ArgumentParser(prog="python -m fairseq_codistill.tools.evaluate",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--generate", type=Path, help="fairseq-generate output with D- lines")
     p.add_argument("--reference", type=Path, help="raw reference text, one line per sentence id")

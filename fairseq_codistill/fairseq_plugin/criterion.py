@@ -19,7 +19,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.loss import AlphaSchedule, peers_penalty
+from fairseq_codistill.core.loss import AlphaSchedule, peers_penalty
 
 logger = logging.getLogger(__name__)
 

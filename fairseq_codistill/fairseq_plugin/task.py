@@ -30,15 +30,15 @@ from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 from omegaconf import II, DictConfig, OmegaConf, open_dict
 
-from fairseq_codistill.checkpoints import (
+from fairseq_codistill.fairseq_plugin.checkpoints import (
     allow_fairseq_checkpoints,
     load_checkpoint_state,
     repair_checkpoint_last,
 )
 from fairseq_codistill import options as opts
 from fairseq_codistill.codistillation import Codistillation
-from fairseq_codistill.exchange import AVERAGING_METHODS, check_exchange_dir
-from fairseq_codistill.snapshot import SnapshotError
+from fairseq_codistill.exchange.peers import AVERAGING_METHODS, check_exchange_dir
+from fairseq_codistill.exchange.snapshot import SnapshotError
 from fairseq_codistill.options import exchange_config
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class CodistillTranslationTask(TranslationTask):
         """A model on several ranks: fairseq logs only warnings on ranks > 0, but every
         rank's swaps stay in its log (they must agree), and each rank says at exit what
         weights it ends with (a digest that must be the same on every rank)."""
-        logging.getLogger("fairseq_codistill.exchange").setLevel(logging.INFO)
+        logging.getLogger("fairseq_codistill.exchange.peers").setLevel(logging.INFO)
         logging.getLogger(__name__).setLevel(logging.INFO)
         atexit.register(self._log_final_weights)
 

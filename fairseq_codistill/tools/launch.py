@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from fairseq_codistill import logs
-from fairseq_codistill.storage import atomic_write, open_store
+from fairseq_codistill.tools import logs
+from fairseq_codistill.exchange.storage import atomic_write, open_store
 
-PLUGIN_DIR = str(Path(__file__).resolve().parent)
+PLUGIN_DIR = str(Path(__file__).resolve().parents[1])  # the package: --user-dir
 # Criteria that apply the penalty against the peers; with --codistill-method distill (the
 # default) any other would train the models alone while they exchange snapshots.
 PEER_CRITERIA = ("codistill_ce",)
-AVERAGING_METHODS = ("localsgd", "diloco")  # fairseq_codistill.exchange's, without importing torch
+AVERAGING_METHODS = ("localsgd", "diloco")  # fairseq_codistill.exchange.peers's, without importing torch
 # Flags the launcher owns: one value per job, so the user must not pass them.
 OWNED_FLAGS = ("--codistill-id", "--codistill-num-models", "--codistill-dir", "--save-dir")
 # ... and, for the ranks it starts on a CPU, one value per process.

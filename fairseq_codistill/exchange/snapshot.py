@@ -1,9 +1,9 @@
 """The snapshot format: one model's weights at one update, as one file or object.
 
-Layout of a store (a directory or an object-store prefix, ``fairseq_codistill.storage``)::
+Layout of a store (a directory or an object-store prefix, ``fairseq_codistill.exchange.storage``)::
 
     model{i}/snapshot-{update:010d}.cds   one complete snapshot of model i
-    model{i}/lease.json                    model i's lease (``fairseq_codistill.lease``)
+    model{i}/lease.json                    model i's lease (``fairseq_codistill.exchange.lease``)
 
 A snapshot is ``payload | header | u32 header length | u32 header CRC | MAGIC``: the
 payload is ``torch.save(state_dict)`` (tensors only, so ``torch.load(weights_only=True)``
@@ -13,7 +13,7 @@ trailer holds the header's own CRC-32, so a damaged byte anywhere is caught. The
 sits at the end so the writer streams the payload and its CRC in one pass.
 
 dtypes: fp32, fp16, bf16 cast every floating tensor; int8 quantises weight matrices per
-output channel (``fairseq_codistill.quantize``), about a quarter of fp32's bytes.
+output channel (``fairseq_codistill.exchange.quantize``), about a quarter of fp32's bytes.
 
 Writers keep their newest ``KEEP`` versions; a reader picks the newest and, since a
 version is pruned only after ``KEEP`` newer ones exist, has ``KEEP - 1`` intervals to
@@ -33,8 +33,8 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fairseq_codistill.quantize import dequantize_int8, quantize_int8
-from fairseq_codistill.storage import READ_BLOCK, as_store, model_prefix
+from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.exchange.storage import READ_BLOCK, as_store, model_prefix
 
 FORMAT_VERSION = 1
 MAGIC = b"CODISTL\x01"

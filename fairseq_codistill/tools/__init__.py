@@ -1,0 +1,3 @@
+"""The command-line tools: fairseq-codistill-launch (``launch``), -report (``report``, with
+``study`` for --study and ``runs`` reading training logs), -average (``average``), and
+``python -m fairseq_codistill.tools.evaluate`` and ``...tools.logs`` for the recipes."""
