@@ -51,6 +51,8 @@ codistill-a0.1-k40-d0       codistill  dropout=0
 codistill-a0.1-k40-d0.05    codistill  dropout=0.05
 control-d0.05               control    dropout=0.05
 control-d0.3                control    dropout=0.3
+codistill-a0.1-k40-deep6    codistill  peer_layers=6
+control-l6                  control    layers=6
 baseline-u960               baseline   updates=960
 control-u960                control    updates=960
 codistill-a0.1-k40-u960     codistill  updates=960
@@ -59,18 +61,16 @@ baseline-t4096              baseline   tokens=4096 fraction=0.25
 control-t4096               control    tokens=4096 fraction=0.25
 codistill-a0.1-k40-t4096    codistill  tokens=4096 fraction=0.25
 diloco-k40-t4096            diloco     tokens=4096 fraction=0.25
-codistill-a0.1-k40-deep6    codistill  peer_layers=6
-control-l6                  control    layers=6
 codistill-a0.1-k20          codistill  interval=20
 codistill-a0.1-k160         codistill  interval=160
 codistill-a0.1-k40-const    codistill  gamma=1
-diloco-k40-fp32             diloco     snapshot=fp32
-diloco-k40-int8             diloco     snapshot=int8
-localsgd-k40-u960           localsgd   updates=960
 baseline-u1920              baseline   updates=1920
 control-u1920               control    updates=1920
 codistill-a0.1-k40-u1920    codistill  updates=1920
 diloco-k40-u1920            diloco     updates=1920
+diloco-k40-fp32             diloco     snapshot=fp32
+diloco-k40-int8             diloco     snapshot=int8
+localsgd-k40-u960           localsgd   updates=960
 codistill-a0.1-k40-int8     codistill  snapshot=int8
 codistill-a0.3-k40          codistill  alpha=0.3
 codistill-a0.1-k40-burn120  codistill  burn_in=120
@@ -186,7 +186,7 @@ main() {
         if [[ "$settings" =~ fraction=([^ ]+) ]]; then fractions+=("${BASH_REMATCH[1]}"); fi
     done <<< "$GRID"
     local fraction
-    for fraction in "$TRAIN_FRACTION" "${fractions[@]}"; do
+    for fraction in $(printf '%s\n' "$TRAIN_FRACTION" "${fractions[@]}" | sort -u); do
         ( TRAIN_FRACTION=$fraction; derive
           say "data: $LANG_PAIR, a $TRAIN_FRACTION fraction of the training pairs -> $DATA"
           prepare_data )
