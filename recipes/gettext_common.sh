@@ -43,6 +43,9 @@ INTERVAL=${INTERVAL:-40}
 BURN_IN=${BURN_IN:-0}
 LOSS=${LOSS:-mse}
 SNAPSHOT=${SNAPSHOT:-fp16}
+# DiLoCo's outer SGD: DiLoCo's values (the task's defaults)
+OUTER_LR=${OUTER_LR:-0.7}
+OUTER_MOMENTUM=${OUTER_MOMENTUM:-0.9}
 PEER_LAYERS=${PEER_LAYERS:-}             # model 1 of a pair with this many layers (default LAYERS)
 DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visible GPU
 # auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16, a GPU with
@@ -137,7 +140,11 @@ pair_settings() {
         settings pair "$seed" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" "$LOSS" \
             "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS"
     else
-        settings "$METHOD" "$seed" "$DROPOUT" "$INTERVAL" "snapshot=$SNAPSHOT"
+        local outer=()  # in the stamp only when not DiLoCo's defaults: earlier runs stay done
+        if [[ "$METHOD" == diloco && "$OUTER_LR $OUTER_MOMENTUM" != "0.7 0.9" ]]; then
+            outer=("outer=$OUTER_LR,$OUTER_MOMENTUM")
+        fi
+        settings "$METHOD" "$seed" "$DROPOUT" "$INTERVAL" "snapshot=$SNAPSHOT" "${outer[@]}"
     fi
 }
 is_done() { [[ -f "$1/done" && "$(cat "$1/done")" == "$2" ]]; }
@@ -186,7 +193,8 @@ train_pair() {
                 --codistill-burn-in-updates "$BURN_IN" --codistill-loss "$LOSS"
                 --codistill-max-lead "$MAX_LEAD")
     else  # they share weights: any criterion, so the baseline's
-        shared=(--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --codistill-method "$METHOD")
+        shared=(--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --codistill-method "$METHOD"
+                --codistill-outer-lr "$OUTER_LR" --codistill-outer-momentum "$OUTER_MOMENTUM")
     fi
     local devices=(--threads-per-model "$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))")
     if [[ "$DEVICE" == cuda ]]; then devices=(--share-gpus); fi

@@ -16,8 +16,8 @@
 #   diloco     a pair taking DiLoCo's outer Nesterov step every interval (label smoothing 0.1).
 #
 # Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
-# diloco), dropout updates tokens fraction layers peer_layers (model 1's, a heterogeneous
-# pair). Longer runs (updates) stretch the schedule with them: warm-up and validation
+# diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers
+# peer_layers (model 1's, a heterogeneous pair). Longer runs (updates) stretch the schedule with them: warm-up and validation
 # follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
 # regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
 # last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
@@ -47,6 +47,7 @@ control                     control
 codistill-a0.1-k40          codistill
 localsgd-k40                localsgd
 diloco-k40                  diloco
+diloco-k40-m0.5             diloco     outer_momentum=0.5
 codistill-a0.1-k40-d0       codistill  dropout=0
 codistill-a0.1-k40-d0.05    codistill  dropout=0.05
 control-d0.05               control    dropout=0.05
@@ -126,6 +127,7 @@ apply() {
             burn_in) BURN_IN=$value ;; loss) LOSS=$value ;; snapshot) SNAPSHOT=$value ;;
             dropout) DROPOUT=$value ;; updates) UPDATES=$value ;; tokens) TOKENS=$value ;;
             fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
+            outer_lr) OUTER_LR=$value ;; outer_momentum) OUTER_MOMENTUM=$value ;;
             *) echo "study: unknown setting '$setting' in GRID" >&2; return 1 ;;
         esac
     done
@@ -150,6 +152,8 @@ if "$kind" == "codistill":
                 snapshot="$SNAPSHOT", peer_layers=${PEER_LAYERS:-$LAYERS})
 elif "$kind" in ("localsgd", "diloco"):
     meta.update(interval=$INTERVAL, snapshot="$SNAPSHOT")
+if "$kind" == "diloco":
+    meta.update(outer_lr=$OUTER_LR, outer_momentum=$OUTER_MOMENTUM)
 with open(sys.argv[1] + ".tmp", "w") as f:
     json.dump(meta, f)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])

@@ -61,6 +61,10 @@ def study_dir(tmp_path):
         write_run(runs / "diloco" / f"seed{seed}", {"group": "diloco-k40", "kind": "diloco", "dropout": 0.1,
                                                     "interval": 40, "snapshot": "fp16", **s},
                   [3.9, 3.9], [25.0, 25.0], [19.0, 19.5])
+        write_run(runs / "diloco-m" / f"seed{seed}", {"group": "diloco-k40-m0.5", "kind": "diloco",
+                                                      "dropout": 0.1, "interval": 40, "snapshot": "fp16",
+                                                      "outer_lr": 0.7, "outer_momentum": 0.5, **s},
+                  [4.1, 4.1], [25.0, 25.0], [17.0, 17.0])
         write_run(runs / "deep" / f"seed{seed}", {**codistill("codistill-deep6", peer_layers=6), **s},
                   [4.4, 3.8], [20.0, 20.0], [15.0, 18.0])
         write_run(runs / "control-l6" / f"seed{seed}", {"group": "control-l6", "kind": "control", "dropout": 0.1,
@@ -130,7 +134,12 @@ def test_claims_at_the_end_of_a_longer_run(study_dir):
 def test_the_methods_side_by_side_with_their_bytes(study_dir):
     table = study.methods(study.load_study(study_dir))
     rows = {r[0].split(":")[0]: r for r in table["the regime"]}
-    assert list(rows) == ["all-reduce (batch 2B)", "DiLoCo", "codistillation", "one model alone"]
+    assert list(rows) == ["all-reduce (batch 2B)", "DiLoCo", "DiLoCo (outer lr 0.7, momentum 0.5)",
+                          "codistillation", "one model alone"]
+    # the first DiLoCo row is DiLoCo's defaults (its study.json written before the settings
+    # existed); a variant in the outer optimiser's settings stands beside it
+    assert rows["DiLoCo"][0] == "DiLoCo: diloco-k40"
+    assert rows["DiLoCo (outer lr 0.7, momentum 0.5)"][0].endswith(": diloco-k40-m0.5")
     # all-reduce of 2 workers: 4 bytes per parameter per update, 1,000 parameters
     assert rows["all-reduce (batch 2B)"][4] == "4.0 KB" and rows["codistillation"][4] == "80 B"  # 1600 / 20
     assert rows["DiLoCo"][1] == "3.900 ± 0.000" and rows["DiLoCo"][2] == "20.25 ± 0.25"

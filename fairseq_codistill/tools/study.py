@@ -32,9 +32,10 @@ PAIRS = ("codistill", "localsgd", "diloco")
 # What makes runs comparable: the same data, model and budget of updates and tokens.
 SETTING = ("lang_pair", "updates", "tokens", "fraction", "layers")
 # Parameters that tell two configurations of one setting apart, in the order of the table.
-KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot", "peer_layers")
-# A knob a codistill run's study.json may lack (written before the knob existed): its value then.
-KNOB_DEFAULTS = {"snapshot": "fp16"}
+KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot", "peer_layers",
+         "outer_lr", "outer_momentum")
+# A knob a run's study.json may lack (written before the knob existed): its value then.
+KNOB_DEFAULTS = {"codistill": {"snapshot": "fp16"}, "diloco": {"outer_lr": 0.7, "outer_momentum": 0.9}}
 # The regime's knobs that a longer run changes with it (gamma follows the run length).
 FOLLOWS_SETTING = ("gamma",)
 
@@ -163,9 +164,7 @@ def load_study(root: Path) -> List[Group]:
 
 def _params(meta: dict) -> dict:
     params = {k: meta[k] for k in KNOBS + SETTING if k in meta}
-    if meta["kind"] == "codistill":
-        params = {**KNOB_DEFAULTS, **params}
-    return params
+    return {**KNOB_DEFAULTS.get(meta["kind"], {}), **params}
 
 
 # -- who compares with whom ----------------------------------------------------------------
@@ -186,12 +185,18 @@ def stand_in(groups: Sequence[Group], kind: str, setting: tuple, regime: Group) 
         found = [g for g in found if g is regime or (
             g.setting != regime.setting and _same_knobs(g, regime, FOLLOWS_SETTING))]
     elif kind in ("localsgd", "diloco"):
-        found = [g for g in found if g.params.get("interval") == regime.params.get("interval")
-                 and g.params.get("snapshot", "fp16") == regime.params.get("snapshot", "fp16")
-                 and g.params.get("dropout") == regime.params.get("dropout")]
+        found = [g for g in found if _averaging_like(g, regime)
+                 and all(g.params.get(k) == v for k, v in KNOB_DEFAULTS.get(kind, {}).items())]
     elif kind == "baseline":
         found = [g for g in found if g.params.get("dropout") == regime.params.get("dropout")]
     return found[0] if found else None
+
+
+def _averaging_like(group: Group, regime: Group) -> bool:
+    """A LocalSGD or DiLoCo pair at the regime's interval, dropout and snapshot dtype."""
+    return all(group.params.get(k, "fp16" if k == "snapshot" else None) ==
+               regime.params.get(k, "fp16" if k == "snapshot" else None)
+               for k in ("interval", "snapshot", "dropout"))
 
 
 def best_control(groups: Sequence[Group], setting: tuple, figure, lower_is_better: bool,
@@ -362,15 +367,22 @@ def methods(groups: Sequence[Group]) -> Dict[str, List[List[str]]]:
                  else stand_in(groups, kind, setting, regime))
             if g is None:
                 continue
-            if kind == "baseline":
-                sent = g.stat(allreduce_bytes)
-            elif kind == "control":
-                sent = Stat([0.0])
-            else:
-                sent = g.stat(bytes_per_update)
-            rows.append([f"{label}: {g.name}", _cell(g.stat(BEST_NLL)), _cell(g.stat(BEST_BLEU), 2),
-                         _cell(g.stat(score("chrf", "best")), 2),
-                         human_bytes(sent.mean) if sent else "-", waits, differ])
+            shown = [g]
+            if kind == "diloco":  # and its variants in the outer optimiser's settings
+                shown += [v for v in groups if v.kind == kind and v.setting == setting and v is not g
+                          and _averaging_like(v, regime)]
+            for v in shown:
+                if kind == "baseline":
+                    sent = v.stat(allreduce_bytes)
+                elif kind == "control":
+                    sent = Stat([0.0])
+                else:
+                    sent = v.stat(bytes_per_update)
+                outer = "" if v is g or kind != "diloco" else \
+                    f" (outer lr {v.params['outer_lr']}, momentum {v.params['outer_momentum']})"
+                rows.append([f"{label}{outer}: {v.name}", _cell(v.stat(BEST_NLL)), _cell(v.stat(BEST_BLEU), 2),
+                             _cell(v.stat(score("chrf", "best")), 2),
+                             human_bytes(sent.mean) if sent else "-", waits, differ])
         out[describe_setting(setting, regime)] = rows
     return out
 
