@@ -1,12 +1,13 @@
 """Membership: each model keeps a lease in the store, so mistakes show at start-up.
 
 ``model{i}/lease.json`` says who trains as model i: host, pid, SLURM job, start time,
-``--codistill-num-models``, ``--codistill-topology``, ``--codistill-method``, and a heartbeat that the owner
-renews every ``HEARTBEAT`` seconds and at every exchange. A lease is live while its
+``--codistill-num-models``, ``--codistill-topology``, ``--codistill-method``, and a
+heartbeat that the owner renews every ``HEARTBEAT`` seconds and at every exchange. A lease is live while its
 heartbeat is younger than its ``ttl``; a job that crashed stops renewing it, so its
 lease lapses and a restart is not blocked (at once on the same host, where the dead
-pid shows, or in the same SLURM job, as after a requeue; after ``ttl`` elsewhere). A job that ends normally marks its lease
-finished: a restart may take it at once and peers do not warn about it.
+pid shows, or in the same SLURM job, as after a requeue; after ``ttl`` elsewhere). A job
+that ends normally marks its lease finished: a restart may take it at once and peers do
+not warn about it.
 
 At start-up (``acquire``) a job fails, naming the flag, when
 - a live lease holds its ``--codistill-id`` (two jobs started as the same model would

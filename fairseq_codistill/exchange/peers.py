@@ -3,12 +3,11 @@ peers', which version it uses, and what it tells the user when a peer is missing
 
 ``Exchange`` holds what every policy shares: the store, this model's lease, publishing in
 the background, and closing. ``PeerExchange`` is codistillation's policy (``--codistill-method
-distill``): peers' newest snapshots are loaded as models, never waited for.
-``fairseq_codistill.exchange.averaging`` holds the policies that share weights instead (LocalSGD,
-DiLoCo). The snapshot format is ``fairseq_codistill.exchange.snapshot``; where the bytes go (a
-directory, or an object store such as S3) is ``fairseq_codistill.exchange.storage``; who trains as
-which model is ``fairseq_codistill.exchange.lease``. No fairseq import: the NMT task and the vision
-trainer both drive an exchange.
+distill``): peers' newest snapshots are loaded as models, never waited for. Beside it in
+this package: ``averaging`` (the policies that share weights instead: LocalSGD, DiLoCo),
+``snapshot`` (the format), ``storage`` (where the bytes go: a directory, or an object store
+such as S3), ``lease`` (who trains as which model). No fairseq import: every front end
+drives an exchange through ``fairseq_codistill.codistillation.Codistillation``.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """fairseq-codistill-launch: start n codistilling fairseq-train jobs on this machine.
 
-    fairseq-codistill-launch --num-models 2 --codistill-dir X --save-dir S -- DATA --arch ... --criterion codistill_ce
+    fairseq-codistill-launch --num-models 2 --codistill-dir X --save-dir S -- \
+        DATA --arch ... --criterion codistill_ce
 
 Job i gets ``--codistill-id i --codistill-num-models n --codistill-dir X --save-dir S/model{i}``,
 its own log ``S/model{i}/train.log``, its own GPUs (``--gpus-per-model G`` consecutive

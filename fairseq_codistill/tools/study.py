@@ -252,7 +252,8 @@ def _compare(a: Optional[Stat], b: Optional[Stat], holds: Callable[[float, float
     if a is None or b is None:
         return "-", "not measured"
     diff, spread = _gap(a, b)
-    measured = f"{a.format(digits)} vs {b.format(digits)}{label}: {diff:+.{digits}f} (spread {spread:.{digits}f})"
+    measured = (f"{a.format(digits)} vs {b.format(digits)}{label}: {diff:+.{digits}f} "
+                f"(spread {spread:.{digits}f})")
     return measured, "reproduced" if holds(diff, spread) else "not reproduced"
 
 
@@ -380,8 +381,8 @@ def methods(groups: Sequence[Group]) -> Dict[str, List[List[str]]]:
                     sent = v.stat(bytes_per_update)
                 outer = "" if v is g or kind != "diloco" else \
                     f" (outer lr {v.params['outer_lr']}, momentum {v.params['outer_momentum']})"
-                rows.append([f"{label}{outer}: {v.name}", _cell(v.stat(BEST_NLL)), _cell(v.stat(BEST_BLEU), 2),
-                             _cell(v.stat(score("chrf", "best")), 2),
+                rows.append([f"{label}{outer}: {v.name}", _cell(v.stat(BEST_NLL)),
+                             _cell(v.stat(BEST_BLEU), 2), _cell(v.stat(score("chrf", "best")), 2),
                              human_bytes(sent.mean) if sent else "-", waits, differ])
         out[describe_setting(setting, regime)] = rows
     return out
@@ -429,7 +430,8 @@ def _knobs(group: Group, regime: Optional[Group]) -> str:
 
 def study_table(groups: Sequence[Group]) -> str:
     regime = regime_of(groups)
-    header = ["configuration", "kind", "settings", "seeds", "models"] + [t for t, _, _ in TABLE] + ["wall / model"]
+    header = (["configuration", "kind", "settings", "seeds", "models"] + [t for t, _, _ in TABLE]
+              + ["wall / model"])
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for g in groups:
         cells = [g.name + (" **(regime)**" if g.regime else ""), g.kind, _knobs(g, regime),
@@ -464,7 +466,8 @@ def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
     regime = regime_of(groups)
     setting = regime.setting if regime is not None else None
     shown = [g for g in groups if g.setting == setting and (
-        g.kind == "control" or g is regime or (regime is not None and stand_in(groups, g.kind, setting, regime) is g))]
+        g.kind == "control" or g is regime
+        or (regime is not None and stand_in(groups, g.kind, setting, regime) is g))]
     figures = {"study_valid.png": [("valid", "nll_loss", "validation NLL (base 2)", False),
                                    ("valid", "nll_loss", "validation NLL, second half", True)],
                "study_param_dist.png": [("inner", "param_dist", "||theta - theta_0||_2", False)]}
