@@ -163,6 +163,9 @@ def test_report_cli_writes_the_study(study_dir, tmp_path, capsys):
     assert "| codistill-k40 **(regime)** | codistill | the regime's |" in md
     assert "| control-d0.3 | control | dropout 0.3 | 1,2 | 2 | 4.530 ± 0.010 |" in md
     assert "| codistill-k40-u40 | codistill | updates 40 |" in md
+    # a DiLoCo line at DiLoCo's defaults has the regime's settings; the variant says how it differs
+    assert "| diloco-k40 | diloco | the regime's |" in md
+    assert "| diloco-k40-m0.5 | diloco | outer_momentum 0.5 |" in md
     assert "## The methods at equal bytes" in md and "**updates 40**" in md
     assert "## Heterogeneous pairs" in md
     assert (tmp_path / "out" / "study_valid.png").stat().st_size > 10_000

@@ -423,7 +423,8 @@ def _knobs(group: Group, regime: Optional[Group]) -> str:
     if regime is None:
         return ", ".join(f"{k} {p[k]}" for k in KNOBS + SETTING if k in p)
     keys = SETTING + (KNOBS if group.kind in PAIRS else ("dropout",))
-    diffs = [f"{k} {p[k]}" for k in keys if k in p and p[k] != regime.params.get(k)
+    reference = {**regime.params, **KNOB_DEFAULTS.get(group.kind, {})}  # a kind's own knobs at their defaults
+    diffs = [f"{k} {p[k]}" for k in keys if k in p and p[k] != reference.get(k)
              and not (k == "gamma" and group.setting != regime.setting)]
     return ", ".join(diffs) or "the regime's"
 
