@@ -349,7 +349,7 @@ class Launcher:
                 codes = [p.returncode for p in job.procs]
             if None in codes:
                 continue
-            job.returncode = next((c for c in codes if c != 0), 0)
+            job.returncode = first_failure(codes)
             if job.returncode == 0:
                 self.say(f"model{job.index} finished")
             elif self.args.restart_failed and job.restarts < self.args.max_restarts:
@@ -406,35 +406,36 @@ class Launcher:
         self.out.write(f"[fairseq-codistill-launch] {message}\n")
         self.out.flush()
 
-    def stop_ranks(self, job: Job, grace: float = 10.0) -> None:
-        """SIGTERM the ranks of ``job`` still running, SIGKILL those still there after ``grace``."""
-        running = [p for p in job.procs if p.poll() is None]
-        for p in running:
-            p.terminate()
-        deadline = time.monotonic() + grace
-        for p in running:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+    def stop_ranks(self, job: Job) -> None:
+        """Stop the ranks of ``job`` still running: SIGTERM, SIGKILL after 10 s."""
+        stop(job.procs, signal.SIGTERM, grace=10.0)
 
     def stop_all(self) -> None:
-        procs = [p for job in self.jobs for p in job.procs]
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 30
-        for p in procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        """Ctrl-C: every job's processes get SIGINT, SIGKILL after 30 s."""
+        stop([p for job in self.jobs for p in job.procs], signal.SIGINT, grace=30.0)
         for job in self.jobs:
             if job.procs:
-                job.returncode = next((p.returncode for p in job.procs if p.returncode != 0), 0)
+                job.returncode = first_failure([p.returncode for p in job.procs])
         self.write_state()
+
+
+def stop(procs: List[subprocess.Popen], sig: int, grace: float) -> None:
+    """Send ``sig`` to those of ``procs`` still running; SIGKILL those left after ``grace`` s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(sig)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def first_failure(codes: List[int]) -> int:
+    """A job's exit status: its first rank's failure, or 0."""
+    return next((c for c in codes if c != 0), 0)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
