@@ -94,8 +94,10 @@ class Codistillation:
         """Call before every optimizer step with the number of steps taken so far (a
         repeated call with the same number, as under gradient accumulation, does nothing
         new). Every ``codistill_interval`` steps it publishes this model and reads its
-        peers, or averages the models' weights (then ``changed()`` runs). ``epoch``
-        (1-based) and ``num_lr_decays`` move alpha along its schedule."""
+        peers, or averages the models' weights (then ``changed()`` runs): with localsgd
+        and diloco, call it once more after the last optimizer step, so that a run of a
+        multiple of K steps ends on the shared weights. ``epoch`` (1-based) and
+        ``num_lr_decays`` move alpha along its schedule."""
         self.num_updates = num_updates
         if epoch is not None:
             self.epoch = epoch

@@ -237,6 +237,9 @@ class WeightAveraging(Exchange):
     def load_state_dict(self, state: dict) -> None:
         """Counters resume; diloco's shared weights and momentum are restored at the next step."""
         super().load_state_dict(state)
+        # The average of update U is taken once: a checkpoint saved after it (fairseq saves
+        # after the optimizer step that averaged) resumes with step(U) as a repeat.
+        self.last_step = self.last_published
         # Copies: the state may be memory-mapped from a checkpoint file that the trainer
         # overwrites in place (fairseq copies each new checkpoint onto checkpoint_last.pt).
         self._outer_state = _copied(state.get("outer"))

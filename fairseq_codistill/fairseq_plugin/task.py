@@ -98,11 +98,15 @@ def dictionary_fingerprint(dictionary) -> str:
 
 def trained_weights(model, optimizer) -> Dict[str, torch.Tensor]:
     """The tensors the optimizer steps, by parameter name, and the model's floating
-    buffers: what the models average. Under --fp16/--bf16 fairseq's FP16Optimizer steps
+    buffers that its checkpoints keep: what the models average. A buffer a module makes
+    for itself (``persistent=False``: fairseq's sinusoidal positions) is left as it is:
+    averaged through a half-precision snapshot it would come back rounded, and differ
+    from a resumed run's, which makes it anew. Under --fp16/--bf16 fairseq's FP16Optimizer steps
     fp32 master copies of the half-precision parameters (``fp32_params``, flat per device
     or one per parameter, in the order of ``fp16_params``); elsewhere the parameters are
     their own masters."""
-    out = {n: b for n, b in model.named_buffers() if b.is_floating_point()}
+    kept = model.state_dict(keep_vars=True).keys()
+    out = {n: b for n, b in model.named_buffers() if b.is_floating_point() and n in kept}
     masters = _fp32_masters(optimizer)
     for name, p in model.named_parameters():  # a tied weight once
         out[name] = masters.get(id(p), p.data)
@@ -321,14 +325,26 @@ class CodistillTranslationTask(TranslationTask):
     def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
         self._count_lr_decays(optimizer.get_lr())
         self.num_updates = update_num
-        if self.codistillation is not None:
-            self.codistillation.step(update_num, epoch=self.epoch, num_lr_decays=self.num_lr_decays,
-                                     weights=lambda: trained_weights(self.model, optimizer),
-                                     changed=lambda: sync_half_precision_copy(optimizer))
+        self._step_exchange(update_num, optimizer)
         if hasattr(criterion, "set_progress"):
             criterion.set_progress(epoch=self.epoch, num_updates=update_num,
                                    num_lr_decays=self.num_lr_decays)
         return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
+
+    def optimizer_step(self, optimizer, model, update_num):
+        super().optimizer_step(optimizer, model, update_num)
+        if self.codistillation is not None and self.codistillation.averages:
+            # The weights of update K*j are averaged as soon as it is taken, not before the
+            # next one: a run of a multiple of K updates ends on (and validates, and saves)
+            # the shared weights, LocalSGD's and DiLoCo's result. The train_step call of the
+            # next update is then a repeat and does nothing.
+            self._step_exchange(update_num + 1, optimizer)
+
+    def _step_exchange(self, num_updates: int, optimizer) -> None:
+        if self.codistillation is not None:
+            self.codistillation.step(num_updates, epoch=self.epoch, num_lr_decays=self.num_lr_decays,
+                                     weights=lambda: trained_weights(self.model, optimizer),
+                                     changed=lambda: sync_half_precision_copy(optimizer))
 
     def _count_lr_decays(self, lr: float) -> None:
         if self._lr_epoch == self.epoch:
