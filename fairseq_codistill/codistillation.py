@@ -38,9 +38,13 @@ Weights = Dict[str, torch.Tensor]
 
 
 def model_weights(model: torch.nn.Module) -> Weights:
-    """What models that average their weights share: parameters and floating buffers
-    (batch-norm statistics), by name."""
-    out = {n: b for n, b in model.named_buffers() if b.is_floating_point()}
+    """What models that average their weights share, by name: parameters and the floating
+    buffers that the model's state dict keeps (batch-norm statistics). A buffer a module
+    makes for itself (``persistent=False``, as sinusoidal positions) stays as it is:
+    averaged through a half-precision snapshot it would come back rounded, and differ from
+    a resumed run's, which makes it anew."""
+    kept = model.state_dict(keep_vars=True).keys()
+    out = {n: b for n, b in model.named_buffers() if b.is_floating_point() and n in kept}
     out.update({n: p for n, p in model.named_parameters()})
     return out
 

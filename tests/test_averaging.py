@@ -258,3 +258,21 @@ def test_flat_fp32_masters_are_sliced_in_parameter_order():
     assert torch.equal(weights["bias"], torch.tensor([6.0, 7.0, 8.0]))
     weights["bias"].zero_()
     assert torch.equal(FlatOptimizer.fp32_params[None][6:], torch.zeros(3))  # views, not copies
+
+
+def test_the_weights_averaged_keep_a_modules_own_buffers_out():
+    """Batch-norm statistics are in the state dict and averaged; a buffer a module makes for
+    itself (persistent=False, as fairseq's sinusoidal positions) is not: through an fp16
+    snapshot it would come back rounded, unlike a resumed run's, which makes it anew."""
+    from fairseq_codistill.codistillation import model_weights
+    from fairseq_codistill.fairseq_plugin.task import trained_weights
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    model[0].register_buffer("positions", torch.arange(4.0), persistent=False)
+
+    class PlainOptimizer:  # fp32: the parameters are their own masters
+        pass
+
+    expected = {"0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"}
+    assert set(model_weights(model)) == expected  # num_batches_tracked: an integer, kept out
+    assert set(trained_weights(model, PlainOptimizer())) == expected

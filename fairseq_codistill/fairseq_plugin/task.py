@@ -36,7 +36,7 @@ from fairseq_codistill.fairseq_plugin.checkpoints import (
     repair_checkpoint_last,
 )
 from fairseq_codistill import options as opts
-from fairseq_codistill.codistillation import Codistillation
+from fairseq_codistill.codistillation import Codistillation, model_weights
 from fairseq_codistill.exchange.peers import AVERAGING_METHODS, check_exchange_dir
 from fairseq_codistill.exchange.snapshot import SnapshotError
 from fairseq_codistill.options import exchange_config
@@ -97,16 +97,12 @@ def dictionary_fingerprint(dictionary) -> str:
 
 
 def trained_weights(model, optimizer) -> Dict[str, torch.Tensor]:
-    """The tensors the optimizer steps, by parameter name, and the model's floating
-    buffers that its checkpoints keep: what the models average. A buffer a module makes
-    for itself (``persistent=False``: fairseq's sinusoidal positions) is left as it is:
-    averaged through a half-precision snapshot it would come back rounded, and differ
-    from a resumed run's, which makes it anew. Under --fp16/--bf16 fairseq's FP16Optimizer steps
-    fp32 master copies of the half-precision parameters (``fp32_params``, flat per device
-    or one per parameter, in the order of ``fp16_params``); elsewhere the parameters are
-    their own masters."""
-    kept = model.state_dict(keep_vars=True).keys()
-    out = {n: b for n, b in model.named_buffers() if b.is_floating_point() and n in kept}
+    """What the models average (``model_weights``), with the tensors the optimizer steps in
+    place of the parameters: under --fp16/--bf16 fairseq's FP16Optimizer steps fp32 master
+    copies of the half-precision parameters (``fp32_params``, flat per device or one per
+    parameter, in the order of ``fp16_params``); elsewhere the parameters are their own
+    masters."""
+    out = model_weights(model)
     masters = _fp32_masters(optimizer)
     for name, p in model.named_parameters():  # a tied weight once
         out[name] = masters.get(id(p), p.data)
