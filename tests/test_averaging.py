@@ -25,6 +25,20 @@ def test_the_mean_of_known_weights():
     assert torch.equal(a["w"], torch.tensor([1.0, 2.0]))  # inputs untouched
 
 
+def test_the_mean_goes_into_the_weights_given_bit_for_bit():
+    """An averaging step sums into the model's own fp32 tensors (no model-sized buffer);
+    the bits are those of a fresh mean, so every model still holds the same ones."""
+    torch.manual_seed(0)
+    states = [{"w": torch.randn(1000).half(), "n": torch.randn(3).bfloat16()} for _ in range(3)]
+    weights = {"w": torch.zeros(1000), "n": torch.zeros(3, dtype=torch.bfloat16)}
+    fresh = avg.mean_of(states)
+    into = avg.mean_of(states, out=weights)
+    assert into["w"] is weights["w"] and torch.equal(weights["w"], fresh["w"])
+    # a tensor that is not fp32 cannot hold the fp32 mean: a new one, the weights untouched
+    assert into["n"] is not weights["n"] and torch.equal(into["n"], fresh["n"])
+    assert torch.equal(weights["n"], torch.zeros(3, dtype=torch.bfloat16))
+
+
 def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
     outer = avg.OuterSGD({"w": torch.tensor([1.0, -2.0])}, lr=0.7, momentum=0.9)
     # step 1: g = theta - mean = (1 - 0.6, -2 - -1) = (0.4, -1); buf = g;

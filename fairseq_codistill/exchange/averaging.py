@@ -42,17 +42,24 @@ Weights = Dict[str, torch.Tensor]
 POLL_SECONDS = 0.1  # between listings while waiting for the other models
 
 
-def mean_of(states: List[Weights], device: Optional[torch.device] = None) -> Weights:
+def mean_of(states: List[Weights], device: Optional[torch.device] = None,
+            out: Optional[Weights] = None) -> Weights:
     """The elementwise mean in fp32 on ``device`` (default: where the tensors are), summed
     in the order given: every model passes the same snapshots in the same order, so all
-    compute the same bits."""
-    out = {}
+    compute the same bits. ``out``: tensors to hold it (a model's fp32 weights, which no
+    state in ``states`` may share), so that no model-sized buffer is allocated: on a CPU
+    allocating it costs more than the sums."""
+    result = {}
     for name, first in states[0].items():
-        total = first.to(device or first.device, torch.float32, copy=True)
+        target = None if out is None else out.get(name)
+        if target is not None and target.dtype == torch.float32 and target.shape == first.shape:
+            total = target.copy_(first)
+        else:
+            total = first.to(device or first.device, torch.float32, copy=True)
         for state in states[1:]:
             total.add_(state[name].to(total.device))  # fp16 or bf16 is cast as it is read
-        out[name] = total.div_(len(states))
-    return out
+        result[name] = total.div_(len(states))
+    return result
 
 
 class OuterSGD:
@@ -144,11 +151,14 @@ class WeightAveraging(Exchange):
         states[self.cfg.model_id] = as_peers_read(own, self.cfg.dtype)
         ids = sorted(states)
         # on the model's device: a GPU sums and steps a model in a fraction of a CPU's time
-        mean = mean_of([states[j] for j in ids], device=next(iter(weights.values())).device)
-        new = mean if self.outer is None else self.outer.step(mean)
         with torch.no_grad():
+            # into the weights themselves (the states are copies: cast_state_dict, snapshots)
+            mean = mean_of([states[j] for j in ids], device=next(iter(weights.values())).device,
+                           out=weights)
+            new = mean if self.outer is None else self.outer.step(mean)
             for name, tensor in weights.items():
-                tensor.copy_(new[name])
+                if new[name] is not tensor:
+                    tensor.copy_(new[name])
         times.append(time.monotonic())
         self.last_averaged = ids
         # publish: the CPU copy in the snapshot dtype (the write runs in the background)
