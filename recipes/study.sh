@@ -57,20 +57,22 @@ control-l6                  control    layers=6
 baseline-u960               baseline   updates=960
 control-u960                control    updates=960
 codistill-a0.1-k40-u960     codistill  updates=960
-diloco-k40-u960             diloco     updates=960
+diloco-k40-m0.5-u960        diloco     outer_momentum=0.5 updates=960
 baseline-t4096              baseline   tokens=4096 fraction=0.25
 control-t4096               control    tokens=4096 fraction=0.25
 codistill-a0.1-k40-t4096    codistill  tokens=4096 fraction=0.25
-diloco-k40-t4096            diloco     tokens=4096 fraction=0.25
+diloco-k40-m0.5-t4096       diloco     outer_momentum=0.5 tokens=4096 fraction=0.25
+localsgd-k40-t4096          localsgd   tokens=4096 fraction=0.25
 codistill-a0.1-k20          codistill  interval=20
 codistill-a0.1-k160         codistill  interval=160
 codistill-a0.1-k40-const    codistill  gamma=1
 baseline-u1920              baseline   updates=1920
 control-u1920               control    updates=1920
 codistill-a0.1-k40-u1920    codistill  updates=1920
-diloco-k40-u1920            diloco     updates=1920
-diloco-k40-fp32             diloco     snapshot=fp32
-diloco-k40-int8             diloco     snapshot=int8
+diloco-k40-m0.5-u1920       diloco     outer_momentum=0.5 updates=1920
+localsgd-k40-fp32           localsgd   snapshot=fp32
+localsgd-k40-int8           localsgd   snapshot=int8
+diloco-k40-m0.5-int8        diloco     outer_momentum=0.5 snapshot=int8
 localsgd-k40-u960           localsgd   updates=960
 codistill-a0.1-k40-int8     codistill  snapshot=int8
 codistill-a0.3-k40          codistill  alpha=0.3
