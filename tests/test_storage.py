@@ -165,3 +165,51 @@ def test_an_outage_is_told_once_when_it_starts_and_once_when_it_ends():
     assert [outage.failed(), outage.failed(), outage.failed()] == [True, False, False]
     assert [outage.answered(), outage.answered()] == [True, False]
     assert outage.failed()  # the next failure starts a new outage
+
+
+def _mapped(path) -> bool:
+    with open("/proc/self/maps") as f:
+        return str(path) in f.read()
+
+
+def test_a_snapshot_in_a_directory_is_mapped_not_copied(tmp_path):
+    state = tiny_state()
+    key = snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(state, "fp16"))
+    snap = snapfile.read_snapshot(tmp_path, key)
+    assert _mapped(tmp_path / key)  # torch.load(mmap=True): the tensors are the file's pages
+    (tmp_path / key).unlink()  # pruned while in use: the mapping keeps the pages
+    assert torch.equal(snap.state_dict["w"], state["w"].half())
+    assert torch.equal(snap.state_dict["steps"], state["steps"])
+
+
+def test_a_snapshot_with_a_long_header_is_read(store):
+    # torch.load finds a zip's directory only within 64 KiB of the end: a payload followed
+    # by a longer header is loaded from a copy of the payload alone (it once failed).
+    meta = {"blob": "x" * (100 << 10)}
+    key = snapfile.write_snapshot(store, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"),
+                                  meta=meta, dtype="fp32")
+    snap = snapfile.read_snapshot(store, key)
+    assert snap.meta == meta
+    assert torch.equal(snap.state_dict["w"], tiny_state()["w"])
+    if isinstance(store, LocalStore):
+        assert not _mapped(store.local_path(key))
+
+
+def test_a_snapshot_replaced_while_mapped_reads_as_gone(tmp_path, monkeypatch):
+    # torch.load opens the path again after the CRC: if the file there is another one by
+    # then, the read fails as an object store's replaced object does (EBUSY), and the
+    # exchange reads again at its next step instead of rejecting the key for good.
+    key = snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"),
+                                  dtype="fp32")
+    other = snapfile.write_snapshot(tmp_path / "o", 0, 40,
+                                    snapfile.cast_state_dict({"w": torch.zeros(2)}, "fp32"), dtype="fp32")
+    load = torch.load
+
+    def replacing_load(*args, **kwargs):
+        os.replace(tmp_path / "o" / other, tmp_path / key)
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(snapfile.torch, "load", replacing_load)
+    with pytest.raises(snapfile.SnapshotError, match="replaced while it was read") as e:
+        snapfile.read_snapshot(tmp_path, key)
+    assert storage.replaced_while_read(e.value.__cause__)

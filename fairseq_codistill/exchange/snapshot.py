@@ -21,14 +21,18 @@ read it. One that vanished before it was read is simply retried at the next inte
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
+import mmap
+import os
 import re
 import struct
 import threading
 import time
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -47,6 +51,9 @@ _NAME = re.compile(r"^snapshot-(\d{10})\.cds$")
 # A header is a few KB; anything claiming more is garbage, not a snapshot.
 _MAX_HEADER_BYTES = 1 << 20
 _TAIL_BYTES = 256 << 10  # read from the end of a large snapshot: its trailer and header
+# torch.load finds a zip's directory only within 64 KiB of the end (miniz's search): it
+# loads the payload in place only when the header and trailer after it are shorter.
+_ZIP_TAIL_BYTES = 32 << 10
 
 
 class SnapshotError(Exception):
@@ -78,24 +85,32 @@ def snapshot_key(model_id: int, num_updates: int) -> str:
     return f"{model_prefix(model_id)}/snapshot-{num_updates:010d}.cds"
 
 
-def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str) -> Dict[str, torch.Tensor]:
+def cast_state_dict(state_dict: Dict[str, torch.Tensor], dtype: str,
+                    out: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
     """CPU copies of the tensors, floating-point ones cast to the snapshot dtype (fp32
     for int8, which ``write_snapshot`` quantises off the training thread).
 
     Always copies (``.to`` of a CPU fp32 tensor to fp32 would return the live parameter,
     which the background writer would then save while the optimizer changes it), and
     copies tied weights once: they stay one tensor, so torch.save stores them once.
+    ``out``: an earlier result, no longer being written, whose tensors are filled again
+    where they fit (fresh model-sized memory costs more than the cast on a CPU).
     """
     target = SNAPSHOT_DTYPES[dtype]
-    out, copies = {}, {}
+    result, copies = {}, {}
     for name, t in state_dict.items():
         t = t.detach()
         key = (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
         if key not in copies:
-            copies[key] = t.to(device="cpu", dtype=target if t.is_floating_point() else t.dtype,
-                               copy=True).contiguous()
-        out[name] = copies[key]
-    return out
+            want = target if t.is_floating_point() else t.dtype
+            buf = None if out is None else out.get(name)
+            if buf is not None and (buf.dtype, buf.shape, buf.device.type) == (want, t.shape, "cpu") \
+                    and buf.is_contiguous():
+                copies[key] = buf.copy_(t)
+            else:
+                copies[key] = t.to(device="cpu", dtype=want, copy=True).contiguous()
+        result[name] = copies[key]
+    return result
 
 
 class _CRCWriter(io.RawIOBase):
@@ -221,8 +236,10 @@ def read_snapshot(where, key: Optional[str] = None) -> Snapshot:
     ``where`` itself. Any defect raises ``SnapshotError``, nothing partial."""
     name = f"{where}/{key}" if key is not None else str(where)
     try:
-        f = as_store(where).open(key) if key is not None else open(where, "rb")
-        with f:
+        path = Path(where) if key is None else as_store(where).local_path(key)
+        if path is not None:
+            return _read_file(path, name)
+        with as_store(where).open(key) as f:
             return _read(f, name)
     except OSError as e:
         raise SnapshotError(f"cannot read {name}: {e}") from e
@@ -249,12 +266,10 @@ def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
 
 
 def _read(f: BinaryIO, name: str) -> Snapshot:
-    """Verify and load one snapshot. Reads are few and large, since from an object store
-    each is a GET: a snapshot of up to READ_BLOCK bytes in one read, used in place;
-    a larger one as its tail (trailer and header) and then its payload in ranges."""
+    """Verify and load one snapshot from a reader. Reads are few and large, since from an
+    object store each is a GET: a snapshot of up to READ_BLOCK bytes in one read, used in
+    place; a larger one as its tail (trailer and header) and then its payload in ranges."""
     size = f.seek(0, io.SEEK_END)
-    if size < _TRAILER.size:
-        raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
     whole = None
     if size <= READ_BLOCK:
         f.seek(0)
@@ -264,6 +279,58 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
         tail_start = size - _TAIL_BYTES
         f.seek(tail_start)
         tail = memoryview(f.read(_TAIL_BYTES))
+
+    def read_at(offset: int, n: int) -> bytes:
+        f.seek(offset)
+        return f.read(n)
+
+    header, payload_bytes = _header(tail, tail_start, size, read_at, name)
+    if whole is not None:
+        payload_crc = zlib.crc32(memoryview(whole)[:payload_bytes])
+        # torch.load reads the payload out of the whole snapshot, no copy made, where the
+        # zip reader finds its directory past the header
+        payload = io.BytesIO(whole if size - payload_bytes <= _ZIP_TAIL_BYTES
+                             else whole[:payload_bytes])
+    else:
+        payload, payload_crc = _read_payload(f, payload_bytes)
+    _check_payload(header, payload_crc, name)
+    state_dict = _load(lambda: torch.load(payload, map_location="cpu", weights_only=True),
+                       header, name)
+    return _snapshot(header, state_dict, size, name)
+
+
+def _read_file(path: Path, name: str) -> Snapshot:
+    """A snapshot in a file, mapped rather than read: the CRC runs over the page cache and
+    ``torch.load(mmap=True)`` maps the tensors, so that reading 420 MB costs one pass (the
+    CRC) instead of three copies (read, buffer, tensors) into memory that must first be
+    allocated. Snapshots are written once and renamed into place, never changed in place."""
+    with open(path, "rb") as f:
+        inode = os.fstat(f.fileno()).st_ino
+        size = os.fstat(f.fileno()).st_size
+        if size < _TRAILER.size:
+            raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            tail_start = max(0, size - _TAIL_BYTES)
+            header, payload_bytes = _header(memoryview(m[tail_start:]), tail_start, size,
+                                            lambda offset, n: m[offset:offset + n], name)
+            with memoryview(m) as whole, whole[:payload_bytes] as payload:
+                _check_payload(header, zlib.crc32(payload), name)
+        if size - payload_bytes > _ZIP_TAIL_BYTES:  # beyond the zip reader's search
+            return _read(f, name)
+    state_dict = _load(lambda: torch.load(path, mmap=True, map_location="cpu", weights_only=True),
+                       header, name)
+    if os.stat(path).st_ino != inode:  # torch.load opened the path again: the same file?
+        # as s3fs says it of an object (EBUSY): the exchange reads again at its next step
+        raise OSError(errno.EBUSY, "replaced while it was read", str(path))
+    return _snapshot(header, state_dict, size, name)
+
+
+def _header(tail: memoryview, tail_start: int, size: int, read_at: Callable[[int, int], bytes],
+            name: str) -> Tuple[dict, int]:
+    """The verified header of a snapshot of ``size`` bytes, from its last bytes ``tail``
+    (which start at ``tail_start``), and the payload's length."""
+    if size < _TRAILER.size:
+        raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
     header_len, header_crc, magic = _TRAILER.unpack(tail[-_TRAILER.size:])
     if magic != MAGIC:
         raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
@@ -271,16 +338,16 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
     if header_len > min(_MAX_HEADER_BYTES, header_end):
         raise SnapshotError(f"{name} has a bad header length ({header_len})")
     if header_end - header_len >= tail_start:
-        header_bytes = tail[header_end - header_len - tail_start:header_end - tail_start]
+        header_bytes = bytes(tail[header_end - header_len - tail_start:header_end - tail_start])
     else:  # a header longer than the tail read
-        f.seek(header_end - header_len)
-        header_bytes = f.read(header_len)
+        header_bytes = read_at(header_end - header_len, header_len)
     if zlib.crc32(header_bytes) != header_crc:
         raise SnapshotError(f"{name} fails its header checksum")
     try:
-        header = json.loads(bytes(header_bytes))
+        header = json.loads(header_bytes)
         version = header["format_version"]
-        payload_bytes, crc = int(header["payload_bytes"]), int(header["crc32"])
+        payload_bytes = int(header["payload_bytes"])
+        int(header["crc32"])
     except (ValueError, KeyError, TypeError) as e:
         raise SnapshotError(f"{name} has an unreadable header: {e}") from e
     if version != FORMAT_VERSION:
@@ -289,17 +356,18 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
             f"{FORMAT_VERSION}: run the same version in every model")
     if payload_bytes != header_end - header_len:
         raise SnapshotError(f"{name} is truncated or padded (payload length mismatch)")
-    if whole is not None:
-        payload_crc = zlib.crc32(memoryview(whole)[:payload_bytes])
-        # The zip reader finds its directory however much follows it: torch.load reads the
-        # payload out of the whole snapshot, no copy made.
-        payload = io.BytesIO(whole)
-    else:
-        payload, payload_crc = _read_payload(f, payload_bytes)
-    if payload_crc != crc:
+    return header, payload_bytes
+
+
+def _check_payload(header: dict, payload_crc: int, name: str) -> None:
+    if payload_crc != int(header["crc32"]):
         raise SnapshotError(f"{name} fails its checksum")
+
+
+def _load(load: Callable[[], object], header: dict, name: str) -> Dict[str, torch.Tensor]:
+    """The state dict ``load()`` returns, checked (and dequantised for int8)."""
     try:
-        state_dict = torch.load(payload, map_location="cpu", weights_only=True)
+        state_dict = load()
         if header.get("dtype") == "int8":
             state_dict = dequantize_int8(state_dict)
     except Exception as e:  # a valid CRC over an invalid pickle: foreign writer
@@ -307,6 +375,10 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
     if not isinstance(state_dict, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise SnapshotError(f"{name} does not hold a state dict of tensors")
+    return state_dict
+
+
+def _snapshot(header: dict, state_dict: Dict[str, torch.Tensor], size: int, name: str) -> Snapshot:
     try:
         return Snapshot(
             model_id=int(header["model_id"]), num_updates=int(header["num_updates"]),

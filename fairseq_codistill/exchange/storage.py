@@ -31,7 +31,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, List
+from typing import BinaryIO, Callable, List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def open(self, key: str) -> BinaryIO:
         """A seekable binary reader of ``key``; ``FileNotFoundError`` if it is gone."""
+
+    def local_path(self, key: str) -> Optional[Path]:
+        """The file that holds ``key`` where the store is a filesystem (readers may map
+        it), else None."""
+        return None
 
     @abc.abstractmethod
     def list(self, prefix: str) -> List[str]:
@@ -225,6 +230,9 @@ class LocalStore(Store):
 
     def open(self, key):
         return open(self._path(key), "rb")
+
+    def local_path(self, key):
+        return self._path(key)
 
     def list(self, prefix):
         try:
