@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fairseq_codistill.exchange import averaging as avg
+from fairseq_codistill.exchange import snapshot as snapfile
 
 from test_exchange import exchange_config
 
@@ -39,6 +40,19 @@ def test_the_mean_goes_into_the_weights_given_bit_for_bit():
     assert torch.equal(weights["n"], torch.zeros(3, dtype=torch.bfloat16))
 
 
+def test_a_mean_summed_chunk_by_chunk_has_the_bits_of_one_summed_whole(monkeypatch):
+    torch.manual_seed(0)
+    # 2.5 chunks of 4, a (3, 5) matrix: the last chunk is short and crosses rows
+    states = [{"w": torch.randn(3, 5).half(), "s": torch.randn(()).half()} for _ in range(3)]
+    monkeypatch.setattr(avg, "CHUNK", 4)
+    chunked = avg.mean_of(states)
+    # the reference: the same casts, sums and division of whole tensors
+    whole = (states[0]["w"].float() + states[1]["w"].float() + states[2]["w"].float()) / 3
+    assert chunked["w"].shape == (3, 5) and torch.equal(chunked["w"], whole)
+    assert torch.equal(chunked["s"], (states[0]["s"].float() + states[1]["s"].float()
+                                      + states[2]["s"].float()) / 3)
+
+
 def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
     outer = avg.OuterSGD({"w": torch.tensor([1.0, -2.0])}, lr=0.7, momentum=0.9)
     # step 1: g = theta - mean = (1 - 0.6, -2 - -1) = (0.4, -1); buf = g;
@@ -57,6 +71,32 @@ def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
         p.grad = p.detach() - mean
         sgd.step()
     assert torch.equal(theta, p.detach())
+
+
+def test_the_outer_step_chunk_by_chunk_and_resumed_is_torch_sgd_bit_for_bit(monkeypatch):
+    """In chunks of 4 of a (3, 5) matrix, over 4 steps with a save and a load after the
+    second: the bits of torch.optim.SGD(nesterov=True) on the outer gradients."""
+    monkeypatch.setattr(avg, "CHUNK", 4)
+    torch.manual_seed(0)
+    start = torch.randn(3, 5)
+    means = [start + 0.1 * torch.randn(3, 5) for _ in range(4)]
+    outer = avg.OuterSGD({"w": start}, lr=0.7, momentum=0.9)
+    for mean in means[:2]:
+        outer.step({"w": mean.clone()})
+    resumed = avg.OuterSGD({"w": torch.zeros(3, 5)}, lr=0.7, momentum=0.9)
+    resumed.load_state_dict(outer.state_dict())
+    theta = [resumed.step({"w": mean.clone()})["w"].clone() for mean in means[2:]][-1]
+
+    p = torch.nn.Parameter(start.clone())
+    sgd = torch.optim.SGD([p], lr=0.7, momentum=0.9, nesterov=True)
+    for mean in means:
+        p.grad = p.detach() - mean
+        sgd.step()
+    assert torch.equal(theta, p.detach())
+    # a checkpoint of the torch.optim.SGD outer state (before 2026-12-02) resumes the same
+    old = avg.OuterSGD({"w": torch.zeros(3, 5)}, lr=0.7, momentum=0.9)
+    old.load_state_dict({"theta": {"w": p.detach().clone()}, "optimizer": sgd.state_dict()})
+    assert torch.equal(old.buffers[0], sgd.state[p]["momentum_buffer"])
 
 
 def test_outer_lr_one_without_momentum_is_localsgd():
@@ -103,6 +143,30 @@ def test_two_models_replace_their_weights_with_the_mean(tmp_path):
             assert torch.equal(m.bias.detach(), torch.tensor([0.5]))
         assert xs[0].last_averaged == [0, 1] and xs[0].num_loads == 1 and xs[0].bytes_read > 0
         assert set(xs[0].seconds) == {"publish", "wait", "read", "average"}
+    finally:
+        for x in xs:
+            x.close()
+
+
+def test_the_next_average_reuses_the_published_copy_not_the_published_snapshot(tmp_path):
+    m0, m1 = linear([1.0, 2.0], 0.0), linear([3.0, -2.0], 1.0)
+    xs = [averaging(tmp_path, 0), averaging(tmp_path, 1)]
+    try:
+        step_both(xs, (m0, m1), 5)  # both (2, 0), bias 0.5
+        buffer = xs[0]._cast["weight"].data_ptr()
+        with torch.no_grad():
+            m0.weight.add_(2.0), m1.weight.sub_(1.0)  # (4, 2) and (1, -1)
+        step_both(xs, (m0, m1), 10)
+        for m in (m0, m1):  # ((4 + 1) / 2, (2 - 1) / 2)
+            assert torch.equal(m.weight.detach(), torch.tensor([[2.5, 0.5]]))
+        assert xs[0]._cast["weight"].data_ptr() == buffer  # filled again, not reallocated
+        for x in xs:
+            x.wait_for_write()
+        # each snapshot holds the weights model 0 published then, before its average
+        published = [snapfile.read_snapshot(tmp_path, snapfile.snapshot_key(0, u)).state_dict
+                     for u in (5, 10)]
+        assert torch.equal(published[0]["weight"], torch.tensor([[1.0, 2.0]]))
+        assert torch.equal(published[1]["weight"], torch.tensor([[4.0, 2.0]]))
     finally:
         for x in xs:
             x.close()

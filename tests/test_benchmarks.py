@@ -15,7 +15,8 @@ BYTES = re.compile(r"^bytes (\S+) = (\d+)", re.M)
 EXPECTED = {
     "step_overhead": {"overhead", "overhead_alpha0", "efficiency"},
     "exchange": {"write_fraction_fp16", "read_fraction_fp16", "stall_swap_fp16",
-                 "averaging_localsgd_fp16", "averaging_diloco_fp16"},
+                 "averaging_localsgd_fp16", "averaging_diloco_fp16",
+                 "averaging_first_localsgd_fp16", "averaging_first_diloco_fp16"},
     "hf_overhead": {"overhead_alpha0", "efficiency"},
     "communication": {"allreduce_over_codistill", "orders_of_magnitude"},
     "memory": {"peer_cost"},

@@ -407,6 +407,22 @@ def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
     assert torch.allclose(back["decoder.embed"], shared.detach() - 1.0, atol=1e-6)
 
 
+def test_a_cast_fills_an_earlier_one_where_it_fits():
+    shared = torch.nn.Parameter(torch.ones(4, 2))
+    state = {"embed": shared, "out": shared, "bias": torch.nn.Parameter(torch.zeros(2))}
+    first = snapfile.cast_state_dict(state, "fp16")
+    with torch.no_grad():
+        shared.mul_(3.0)
+    state["bias"] = torch.nn.Parameter(torch.zeros(3))  # a new shape: a new tensor
+    again = snapfile.cast_state_dict(state, "fp16", out=first)
+    assert again["embed"].data_ptr() == first["embed"].data_ptr()  # no new memory
+    assert torch.equal(again["embed"], torch.full((4, 2), 3.0, dtype=torch.float16))
+    assert again["out"] is again["embed"]  # still tied
+    assert again["bias"].shape == (3,) and again["bias"].dtype == torch.float16
+    # another dtype never reuses it
+    assert snapfile.cast_state_dict(state, "fp32", out=first)["embed"].dtype == torch.float32
+
+
 def test_a_peer_that_cannot_be_built_is_skipped_and_training_goes_on(tmp_path, caplog):
     # the snapshot is sound, but this install cannot build its architecture
     snapfile.write_snapshot(tmp_path, 1, 5, snapfile.cast_state_dict(torch.nn.Linear(3, 2).state_dict(), "fp16"),
