@@ -57,11 +57,11 @@ def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
     outer = avg.OuterSGD({"w": torch.tensor([1.0, -2.0])}, lr=0.7, momentum=0.9)
     # step 1: g = theta - mean = (1 - 0.6, -2 - -1) = (0.4, -1); buf = g;
     # theta -= 0.7 * (g + 0.9 buf) = 0.7 * 1.9 g: 1 - 0.532 = 0.468, -2 + 1.33 = -0.67
-    theta = outer.step({"w": torch.tensor([0.6, -1.0])})["w"]
+    theta = outer.step([{"w": torch.tensor([0.6, -1.0])}])["w"]
     assert torch.allclose(theta, torch.tensor([0.468, -0.67]), atol=1e-6)
     # step 2: g = 0.468 - 0.3 = 0.168; buf = 0.9 * 0.4 + 0.168 = 0.528;
     # theta -= 0.7 * (0.168 + 0.9 * 0.528) = 0.7 * 0.6432 = 0.45024 -> 0.01776
-    theta = outer.step({"w": torch.tensor([0.3, -0.67])})["w"]
+    theta = outer.step([{"w": torch.tensor([0.3, -0.67])}])["w"]
     assert theta[0].item() == pytest.approx(0.01776, abs=1e-6)
 
     # the same as torch.optim.SGD(nesterov=True) on a parameter whose gradient is theta - mean
@@ -74,23 +74,27 @@ def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
 
 
 def test_the_outer_step_chunk_by_chunk_and_resumed_is_torch_sgd_bit_for_bit(monkeypatch):
-    """In chunks of 4 of a (3, 5) matrix, over 4 steps with a save and a load after the
-    second: the bits of torch.optim.SGD(nesterov=True) on the outer gradients."""
+    """Two models' fp16 weights, in chunks of 4 of a (3, 5) matrix, over 4 steps with a
+    save and a load after the second: the bits of torch.optim.SGD(nesterov=True) on the
+    outer gradients theta - mean, the mean taken whole."""
     monkeypatch.setattr(avg, "CHUNK", 4)
     torch.manual_seed(0)
     start = torch.randn(3, 5)
-    means = [start + 0.1 * torch.randn(3, 5) for _ in range(4)]
+    models = [[{"w": (start + 0.1 * torch.randn(3, 5)).half()} for _ in range(2)] for _ in range(4)]
     outer = avg.OuterSGD({"w": start}, lr=0.7, momentum=0.9)
-    for mean in means[:2]:
-        outer.step({"w": mean.clone()})
+    for states in models[:2]:
+        outer.step(states)
     resumed = avg.OuterSGD({"w": torch.zeros(3, 5)}, lr=0.7, momentum=0.9)
     resumed.load_state_dict(outer.state_dict())
-    theta = [resumed.step({"w": mean.clone()})["w"].clone() for mean in means[2:]][-1]
+    weights = {"w": torch.zeros(3, 5)}
+    for states in models[2:]:
+        theta = resumed.step(states, out=weights)["w"]
+    assert theta is weights["w"]  # written into the model's own tensors
 
     p = torch.nn.Parameter(start.clone())
     sgd = torch.optim.SGD([p], lr=0.7, momentum=0.9, nesterov=True)
-    for mean in means:
-        p.grad = p.detach() - mean
+    for a, b in ((s[0]["w"], s[1]["w"]) for s in models):
+        p.grad = p.detach() - (a.float() + b.float()) / 2
         sgd.step()
     assert torch.equal(theta, p.detach())
     # a checkpoint of the torch.optim.SGD outer state (before 2026-12-02) resumes the same
@@ -101,7 +105,7 @@ def test_the_outer_step_chunk_by_chunk_and_resumed_is_torch_sgd_bit_for_bit(monk
 
 def test_outer_lr_one_without_momentum_is_localsgd():
     outer = avg.OuterSGD({"w": torch.tensor([4.0])}, lr=1.0, momentum=0.0)
-    assert torch.equal(outer.step({"w": torch.tensor([2.5])})["w"], torch.tensor([2.5]))
+    assert torch.equal(outer.step([{"w": torch.tensor([2.5])}])["w"], torch.tensor([2.5]))
 
 
 # -- two models in one process ------------------------------------------------------------

@@ -57,6 +57,23 @@ def _chunks(*tensors: torch.Tensor) -> Iterator[Tuple[torch.Tensor, ...]]:
         yield tensors
 
 
+def _target(out: Optional[Weights], name: str, like: torch.Tensor,
+            device: Optional[torch.device]) -> torch.Tensor:
+    """``out[name]`` where it can hold an fp32 tensor shaped as ``like``, else a new one."""
+    target = None if out is None else out.get(name)
+    if target is not None and target.dtype == torch.float32 and target.shape == like.shape:
+        return target
+    return torch.empty(like.shape, dtype=torch.float32, device=device or like.device)
+
+
+def _mean_into(total: torch.Tensor, parts: List[torch.Tensor]) -> None:
+    """``total`` = the mean of ``parts``, summed in their order (the same bits everywhere)."""
+    total.copy_(parts[0])
+    for part in parts[1:]:
+        total.add_(part.to(total.device))  # fp16 or bf16 is cast as it is read
+    total.div_(len(parts))
+
+
 def mean_of(states: List[Weights], device: Optional[torch.device] = None,
             out: Optional[Weights] = None) -> Weights:
     """The elementwise mean in fp32 on ``device`` (default: where the tensors are), summed
@@ -66,15 +83,9 @@ def mean_of(states: List[Weights], device: Optional[torch.device] = None,
     allocating it costs more than the sums."""
     result = {}
     for name, first in states[0].items():
-        target = None if out is None else out.get(name)
-        if not (target is not None and target.dtype == torch.float32 and target.shape == first.shape):
-            target = torch.empty(first.shape, dtype=torch.float32, device=device or first.device)
-        for total, head, *rest in _chunks(target, *(state[name] for state in states)):
-            total.copy_(head)
-            for part in rest:
-                total.add_(part.to(total.device))  # fp16 or bf16 is cast as it is read
-            total.div_(len(states))
-        result[name] = target
+        result[name] = _target(out, name, first, device)
+        for total, *parts in _chunks(result[name], *(state[name] for state in states)):
+            _mean_into(total, parts)
     return result
 
 
@@ -83,7 +94,8 @@ class OuterSGD:
     stepped on the outer gradient ``theta - mean``. It is ``torch.optim.SGD(nesterov=True)``'s
     update, operation for operation (the same bits: tests/test_averaging.py), written out
     because torch's allocates a model-sized tensor at every step and passes over the
-    weights once per operation; here it runs chunk by chunk in the cache (``_chunks``)."""
+    weights once per operation; here the mean and the step run chunk by chunk in the
+    cache (``_chunks``), one pass over the model."""
 
     def __init__(self, theta: Weights, lr: float, momentum: float):
         self.names = list(theta)
@@ -91,22 +103,26 @@ class OuterSGD:
         self.theta = [theta[n].detach().float().clone() for n in self.names]
         self.buffers: Optional[List[torch.Tensor]] = None  # momentum, from the first step
 
-    def step(self, mean: Weights) -> Weights:
-        """The next shared weights, from the mean of the models' weights: written into
-        ``mean``'s tensors (and kept as theta)."""
+    def step(self, states: List[Weights], out: Optional[Weights] = None) -> Weights:
+        """The next shared weights, from the models' weights ``states`` (their mean as
+        ``mean_of`` takes it): written into ``out`` as ``mean_of`` writes (and kept as theta)."""
         first = self.momentum and self.buffers is None
         if first:
             self.buffers = [torch.empty_like(t) for t in self.theta]
+        result = {}
         for i, (name, theta) in enumerate(zip(self.names, self.theta)):
-            tensors = (theta, mean[name]) + ((self.buffers[i],) if self.momentum else ())
-            for th, g, *buf in _chunks(*tensors):
+            result[name] = _target(out, name, theta, theta.device)
+            buffers = (self.buffers[i],) if self.momentum else ()
+            for th, g, *rest in _chunks(theta, result[name], *buffers, *(s[name] for s in states)):
+                buf, parts = (rest[0], rest[1:]) if buffers else (None, rest)
+                _mean_into(g, parts)
                 torch.sub(th, g, out=g)  # the outer gradient (DiLoCo, Algorithm 1)
-                if buf:
-                    buf[0].copy_(g) if first else buf[0].mul_(self.momentum).add_(g)
-                    g.add_(buf[0], alpha=self.momentum)  # Nesterov
+                if buf is not None:
+                    buf.copy_(g) if first else buf.mul_(self.momentum).add_(g)
+                    g.add_(buf, alpha=self.momentum)  # Nesterov
                 th.add_(g, alpha=-self.lr)
                 g.copy_(th)
-        return mean
+        return result
 
     def state_dict(self) -> dict:
         return {"theta": dict(zip(self.names, self.theta)),
@@ -187,9 +203,9 @@ class WeightAveraging(Exchange):
         # on the model's device: a GPU sums and steps a model in a fraction of a CPU's time
         with torch.no_grad():
             # into the weights themselves (the states are copies: cast_state_dict, snapshots)
-            mean = mean_of([states[j] for j in ids], device=next(iter(weights.values())).device,
-                           out=weights)
-            new = mean if self.outer is None else self.outer.step(mean)
+            models, device = [states[j] for j in ids], next(iter(weights.values())).device
+            new = mean_of(models, device=device, out=weights) if self.outer is None \
+                else self.outer.step(models, out=weights)
             for name, tensor in weights.items():
                 if new[name] is not tensor:  # a weight that is not fp32
                     tensor.copy_(new[name])
