@@ -195,10 +195,10 @@ def test_a_snapshot_with_a_long_header_is_read(store):
         assert not _mapped(store.local_path(key))
 
 
-def test_a_snapshot_replaced_while_mapped_reads_as_gone(tmp_path, monkeypatch):
-    # torch.load opens the path again after the CRC: if the file there is another one by
-    # then, the read fails as an object store's replaced object does (EBUSY), and the
-    # exchange reads again at its next step instead of rejecting the key for good.
+def test_a_snapshot_replaced_or_pruned_while_read_is_still_the_file_opened(tmp_path, monkeypatch):
+    # torch.load opens the file again after the CRC, through /proc/self/fd: a writer that
+    # replaces or prunes the path meanwhile cannot hand it another file, or none (pruned
+    # reads once failed as "does not hold a state dict", which rejects a key for good).
     key = snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"),
                                   dtype="fp32")
     other = snapfile.write_snapshot(tmp_path / "o", 0, 40,
@@ -210,6 +210,13 @@ def test_a_snapshot_replaced_while_mapped_reads_as_gone(tmp_path, monkeypatch):
         return load(*args, **kwargs)
 
     monkeypatch.setattr(snapfile.torch, "load", replacing_load)
-    with pytest.raises(snapfile.SnapshotError, match="replaced while it was read") as e:
-        snapfile.read_snapshot(tmp_path, key)
-    assert storage.replaced_while_read(e.value.__cause__)
+    snap = snapfile.read_snapshot(tmp_path, key)
+    assert torch.equal(snap.state_dict["w"], tiny_state()["w"])
+
+    def pruning_load(*args, **kwargs):
+        (tmp_path / key).unlink()
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(snapfile.torch, "load", pruning_load)
+    snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"), dtype="fp32")
+    assert torch.equal(snapfile.read_snapshot(tmp_path, key).state_dict["w"], tiny_state()["w"])

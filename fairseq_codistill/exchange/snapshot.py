@@ -303,9 +303,10 @@ def _read_file(path: Path, name: str) -> Snapshot:
     """A snapshot in a file, mapped rather than read: the CRC runs over the page cache and
     ``torch.load(mmap=True)`` maps the tensors, so that reading 420 MB costs one pass (the
     CRC) instead of three copies (read, buffer, tensors) into memory that must first be
-    allocated. Snapshots are written once and renamed into place, never changed in place."""
+    allocated. Snapshots are written once and renamed into place, never changed in place.
+    torch.load takes a path: ``/proc/self/fd/N`` names the file already open, so a writer
+    pruning or replacing the path meanwhile cannot hand it another file or none."""
     with open(path, "rb") as f:
-        inode = os.fstat(f.fileno()).st_ino
         size = os.fstat(f.fileno()).st_size
         if size < _TRAILER.size:
             raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
@@ -317,11 +318,17 @@ def _read_file(path: Path, name: str) -> Snapshot:
                 _check_payload(header, zlib.crc32(payload), name)
         if size - payload_bytes > _ZIP_TAIL_BYTES:  # beyond the zip reader's search
             return _read(f, name)
-    state_dict = _load(lambda: torch.load(path, mmap=True, map_location="cpu", weights_only=True),
-                       header, name)
-    if os.stat(path).st_ino != inode:  # torch.load opened the path again: the same file?
-        # as s3fs says it of an object (EBUSY): the exchange reads again at its next step
-        raise OSError(errno.EBUSY, "replaced while it was read", str(path))
+        opened = f"/proc/self/fd/{f.fileno()}"
+        same_file = os.path.exists(opened)
+        source = opened if same_file else path
+        inode = os.fstat(f.fileno()).st_ino
+        if not same_file and not os.path.exists(path):  # pruned since it was opened
+            raise FileNotFoundError(errno.ENOENT, "pruned while it was read", str(path))
+        state_dict = _load(lambda: torch.load(source, mmap=True, map_location="cpu",
+                                              weights_only=True), header, name)
+        if not same_file and (not os.path.exists(path) or os.stat(path).st_ino != inode):
+            # as s3fs says it of an object (EBUSY): the exchange reads again at its next step
+            raise OSError(errno.EBUSY, "replaced while it was read", str(path))
     return _snapshot(header, state_dict, size, name)
 
 
