@@ -195,10 +195,17 @@ def test_a_snapshot_with_a_long_header_is_read(store):
         assert not _mapped(store.local_path(key))
 
 
-def test_a_snapshot_replaced_or_pruned_while_read_is_still_the_file_opened(tmp_path, monkeypatch):
-    # torch.load opens the file again after the CRC, through /proc/self/fd: a writer that
-    # replaces or prunes the path meanwhile cannot hand it another file, or none (pruned
-    # reads once failed as "does not hold a state dict", which rejects a key for good).
+@pytest.mark.parametrize("proc", [True, False])
+def test_a_snapshot_replaced_or_pruned_while_read(tmp_path, monkeypatch, proc):
+    # torch.load opens the file again after the CRC. Through /proc/self/fd it loads the
+    # file already open, whatever a writer does to the path meanwhile; without /proc, by
+    # the path, a replaced or pruned file reads as gone (EBUSY, as s3fs says it), so that
+    # the exchange reads again at its next step (a pruned read once failed as "does not
+    # hold a state dict", which rejects a key for good).
+    if not proc:
+        exists = os.path.exists
+        monkeypatch.setattr(snapfile.os.path, "exists",
+                            lambda p: False if str(p).startswith("/proc/self/fd/") else exists(p))
     key = snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"),
                                   dtype="fp32")
     other = snapfile.write_snapshot(tmp_path / "o", 0, 40,
@@ -209,14 +216,18 @@ def test_a_snapshot_replaced_or_pruned_while_read_is_still_the_file_opened(tmp_p
         os.replace(tmp_path / "o" / other, tmp_path / key)
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(snapfile.torch, "load", replacing_load)
-    snap = snapfile.read_snapshot(tmp_path, key)
-    assert torch.equal(snap.state_dict["w"], tiny_state()["w"])
-
     def pruning_load(*args, **kwargs):
         (tmp_path / key).unlink()
         return load(*args, **kwargs)
 
-    monkeypatch.setattr(snapfile.torch, "load", pruning_load)
-    snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"), dtype="fp32")
-    assert torch.equal(snapfile.read_snapshot(tmp_path, key).state_dict["w"], tiny_state()["w"])
+    for change in (replacing_load, pruning_load):
+        snapfile.write_snapshot(tmp_path, 0, 40, snapfile.cast_state_dict(tiny_state(), "fp32"),
+                                dtype="fp32")
+        monkeypatch.setattr(snapfile.torch, "load", change)
+        if proc:
+            snap = snapfile.read_snapshot(tmp_path, key)
+            assert torch.equal(snap.state_dict["w"], tiny_state()["w"])
+        else:
+            with pytest.raises(snapfile.SnapshotError, match="pruned or replaced") as e:
+                snapfile.read_snapshot(tmp_path, key)
+            assert storage.replaced_while_read(e.value.__cause__)

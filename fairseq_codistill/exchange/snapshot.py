@@ -307,7 +307,8 @@ def _read_file(path: Path, name: str) -> Snapshot:
     torch.load takes a path: ``/proc/self/fd/N`` names the file already open, so a writer
     pruning or replacing the path meanwhile cannot hand it another file or none."""
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        stat = os.fstat(f.fileno())
+        size = stat.st_size
         if size < _TRAILER.size:
             raise SnapshotError(f"{name} is not a complete snapshot (no end marker)")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
@@ -319,17 +320,29 @@ def _read_file(path: Path, name: str) -> Snapshot:
         if size - payload_bytes > _ZIP_TAIL_BYTES:  # beyond the zip reader's search
             return _read(f, name)
         opened = f"/proc/self/fd/{f.fileno()}"
-        same_file = os.path.exists(opened)
-        source = opened if same_file else path
-        inode = os.fstat(f.fileno()).st_ino
-        if not same_file and not os.path.exists(path):  # pruned since it was opened
-            raise FileNotFoundError(errno.ENOENT, "pruned while it was read", str(path))
-        state_dict = _load(lambda: torch.load(source, mmap=True, map_location="cpu",
-                                              weights_only=True), header, name)
-        if not same_file and (not os.path.exists(path) or os.stat(path).st_ino != inode):
-            # as s3fs says it of an object (EBUSY): the exchange reads again at its next step
-            raise OSError(errno.EBUSY, "replaced while it was read", str(path))
+        by_path = not os.path.exists(opened)  # no /proc: then check that it names the file
+        try:
+            state_dict = _load(lambda: torch.load(path if by_path else opened, mmap=True,
+                                                  map_location="cpu", weights_only=True),
+                               header, name)
+        except SnapshotError:
+            if by_path:
+                _check_unmoved(path, stat.st_ino)  # a pruned file is gone, not corrupt
+            raise
+        if by_path:
+            _check_unmoved(path, stat.st_ino)
     return _snapshot(header, state_dict, size, name)
+
+
+def _check_unmoved(path: Path, inode: int) -> None:
+    """OSError EBUSY, as s3fs says it of a replaced object (the exchange reads again at its
+    next step), unless ``path`` still names the file ``inode``."""
+    try:
+        moved = os.stat(path).st_ino != inode
+    except FileNotFoundError:
+        moved = True
+    if moved:
+        raise OSError(errno.EBUSY, "pruned or replaced while it was read", str(path))
 
 
 def _header(tail: memoryview, tail_start: int, size: int, read_at: Callable[[int, int], bytes],
