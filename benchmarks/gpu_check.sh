@@ -3,7 +3,8 @@
 # Performance table that need a GPU, in under 8 minutes (about 6 on an A100/H100).
 #
 #   bash benchmarks/gpu_check.sh                      # from the repository root
-#   DEVICE=cpu bash benchmarks/gpu_check.sh           # the same steps at smoke sizes (tests)
+#   DEVICE=cpu bash benchmarks/gpu_check.sh           # the same steps at smoke sizes (tests;
+#                                                     # bf16 where the CPU has it fast, else fp32)
 #
 # 1. step overhead, codistill_ce / cross_entropy update with one peer (target <= 1.25), in
 #    fp16 and bf16: the IWSLT transformer at 4096 tokens, transformer-big (WMT) at 8192;
@@ -48,9 +49,13 @@ if [[ "$DEVICE" == cuda ]]; then
     if [[ "$FAST" == bf16 ]]; then HALVES+=(bf16); fi
     AMP=$FAST
 else
-    HALVES=(bf16)
-    AMP=bf16
+    # bf16 where this CPU has it fast (AMX, AVX512-BF16); elsewhere it is emulated and several
+    # times slower than fp32 (the smoke run then measures fp32, --amp none).
+    FAST=$("$PYTHON" -m fairseq_codistill.core.precision --device cpu)
+    if [[ "$FAST" == bf16 ]]; then HALVES=(bf16); AMP=bf16; else HALVES=(fp32); AMP=none; fi
 fi
+# precision_flag P: fairseq's flag for P (none for fp32)
+precision_flag() { if [[ "$1" != fp32 && "$1" != none ]]; then echo "--$1"; fi; }
 QUICK_FLAG=()
 if [[ "$QUICK" == 1 ]]; then QUICK_FLAG=(--quick); fi
 
@@ -76,12 +81,13 @@ else
     BIG=(--arch transformer_vaswani_wmt_en_de_big --src-vocab 32768 --tgt-vocab 32768 --max-tokens 8192)
 fi
 for half in "${HALVES[@]}"; do
+    read -r -a flag <<< "$(precision_flag "$half")"
     step "step_overhead_iwslt_$half" "$PYTHON" "$ROOT/benchmarks/step_overhead.py" \
-        --device "$DEVICE" "--$half" --reps "$REPS" "${QUICK_FLAG[@]}"
+        --device "$DEVICE" "${flag[@]}" --reps "$REPS" "${QUICK_FLAG[@]}"
     step "step_overhead_big_$half" "$PYTHON" "$ROOT/benchmarks/step_overhead.py" \
-        --device "$DEVICE" "--$half" --reps "$REPS" "${BIG[@]}"
+        --device "$DEVICE" "${flag[@]}" --reps "$REPS" "${BIG[@]}"
     step "memory_$half" "$PYTHON" "$ROOT/benchmarks/memory.py" \
-        --device "$DEVICE" "--$half" "${QUICK_FLAG[@]}"
+        --device "$DEVICE" "${flag[@]}" "${QUICK_FLAG[@]}"
 done
 
 # -- 3: ResNet-50 images/s, alone and codistilling ----------------------------------------
@@ -149,10 +155,11 @@ nmt_check() {
               --encoder-attention-heads 2 --decoder-attention-heads 2 --max-tokens 512)
     fi
     local device=(); if [[ "$DEVICE" == cpu ]]; then device=(--cpu); fi
+    local amp_flag; read -r -a amp_flag <<< "$(precision_flag "$AMP")"
     for i in 0 1; do
         "${FAIRSEQ_TRAIN[@]}" "$WORK/bin" --user-dir "$ROOT/fairseq_codistill" \
             --task codistill_translation --criterion codistill_ce \
-            "${arch[@]}" "${device[@]}" "--$AMP" \
+            "${arch[@]}" "${device[@]}" "${amp_flag[@]}" \
             --optimizer adam --adam-betas "(0.9, 0.98)" --lr 1e-3 --lr-scheduler inverse_sqrt \
             --warmup-updates "$(( NMT_UPDATES / 5 ))" --max-update "$NMT_UPDATES" \
             --codistill-dir "$WORK/nx" --codistill-id "$i" --codistill-num-models 2 \
