@@ -41,19 +41,18 @@ else
     FAIRSEQ_PREPROCESS=("$PYTHON" -m fairseq_cli.preprocess)
 fi
 
-# Half precisions to measure: fairseq's --fp16 needs CUDA; bf16 where the GPU has it.
+# Half precisions to measure: fairseq's --fp16 needs CUDA; bf16 where the GPU has it. On a
+# CPU, bf16 where it is fast (AMX, AVX512-BF16); elsewhere it is emulated and several times
+# slower than fp32, so the smoke run measures fp32 (--amp none).
+FAST=$("$PYTHON" -m fairseq_codistill.core.precision --device "$DEVICE")
 if [[ "$DEVICE" == cuda ]]; then
-    FAST=$("$PYTHON" -m fairseq_codistill.core.precision --device cuda)
     [[ "$FAST" != fp32 ]] || { echo "gpu_check: no CUDA GPU visible (DEVICE=cpu for the smoke run)" >&2; exit 1; }
     HALVES=(fp16)
     if [[ "$FAST" == bf16 ]]; then HALVES+=(bf16); fi
-    AMP=$FAST
 else
-    # bf16 where this CPU has it fast (AMX, AVX512-BF16); elsewhere it is emulated and several
-    # times slower than fp32 (the smoke run then measures fp32, --amp none).
-    FAST=$("$PYTHON" -m fairseq_codistill.core.precision --device cpu)
-    if [[ "$FAST" == bf16 ]]; then HALVES=(bf16); AMP=bf16; else HALVES=(fp32); AMP=none; fi
+    HALVES=("$FAST")
 fi
+if [[ "$FAST" == fp32 ]]; then AMP=none; else AMP=$FAST; fi
 # precision_flag P: fairseq's flag for P (none for fp32)
 precision_flag() { if [[ "$1" != fp32 && "$1" != none ]]; then echo "--$1"; fi; }
 QUICK_FLAG=()
