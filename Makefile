@@ -40,7 +40,7 @@ $(VENV)/.installed: setup.py Makefile
 	touch $@
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash recipes/demo.sh

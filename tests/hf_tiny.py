@@ -3,6 +3,7 @@ the Hugging Face tests share; ``python tests/hf_tiny.py OUT DIR ID [key=value ..
 one CodistillSeq2SeqTrainer model (the tests start two such processes)."""
 import json
 import sys
+from pathlib import Path
 
 import torch
 from transformers import MarianConfig, MarianMTModel, Seq2SeqTrainingArguments
@@ -74,8 +75,11 @@ def main(argv):
             **common, codistill_dir=directory, codistill_id=int(model_id), codistill_num_models=2,
             **{"codistill_interval": 5, "codistill_alpha": 1.0, **extra})
     trainer.train(resume_from_checkpoint=resume)
-    print("RESULT", json.dumps({"rank": int(os.environ.get("RANK", 0)), "pid": os.getpid(),
-                      "log": trainer.state.log_history}))
+    # each rank its own file: under torchrun the ranks share one stdout pipe
+    rank = int(os.environ.get("RANK", 0))
+    result = {"rank": rank, "pid": os.getpid(), "log": trainer.state.log_history}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"result-rank{rank}.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

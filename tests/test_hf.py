@@ -21,15 +21,23 @@ pytestmark = pytest.mark.e2e
 
 
 def start(tmp_path, directory, model_id, *settings, runner=(sys.executable,)):
-    return subprocess.Popen([*runner, TINY, str(tmp_path / f"out{model_id}"), str(directory), str(model_id),
-                             *settings], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    out = tmp_path / f"out{model_id}"
+    for stale in out.glob("result-rank*.json"):  # a resumed run writes its own
+        stale.unlink()
+    proc = subprocess.Popen([*runner, TINY, str(out), str(directory), str(model_id), *settings],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=cpu_env(), cwd=tmp_path)
+    proc.out_dir = out
+    return proc
 
 
 def finish(proc, timeout=300):
-    out, err = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, err[-4000:]
-    return [json.loads(line[len("RESULT "):]) for line in out.splitlines() if line.startswith("RESULT ")]
+    """The result every rank of the job wrote (hf_tiny.main), by rank."""
+    log, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, log[-4000:]
+    results = [json.loads(p.read_text()) for p in sorted(proc.out_dir.glob("result-rank*.json"))]
+    assert results, f"no rank wrote a result under {proc.out_dir}:\n{log[-4000:]}"
+    return results
 
 
 def training_logs(result):
