@@ -53,6 +53,36 @@ def test_a_mean_summed_chunk_by_chunk_has_the_bits_of_one_summed_whole(monkeypat
                                       + states[2]["s"].float()) / 3)
 
 
+@pytest.mark.parametrize("chunk", [4, 1 << 17])
+def test_int8_snapshots_averaged_as_read_have_the_bits_of_dequantised_ones(monkeypatch, chunk):
+    """An int8 snapshot's matrices are dequantised chunk by chunk as they are summed, not
+    into a model-sized copy: the mean and the outer step hold the bits of the whole
+    dequantised tensors. Chunks of 4 elements end at whole rows: rows of 5 (a chunk a
+    row), of 2 (two rows a chunk), and a (3, 2, 2) conv-like weight (rows of 4)."""
+    from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8, unpack_int8
+    monkeypatch.setattr(avg, "CHUNK", chunk)
+    torch.manual_seed(0)
+    payloads = [quantize_int8({"a": torch.randn(3, 5), "b": torch.randn(5, 2),
+                               "c": torch.randn(3, 2, 2), "bias": torch.randn(7)})
+                for _ in range(3)]
+    as_read = [unpack_int8(p) for p in payloads]
+    whole = [dequantize_int8(p) for p in payloads]
+    for name in ("a", "b", "c"):
+        assert isinstance(as_read[0][name], avg.Int8Matrix)
+    expected, got = avg.mean_of(whole), avg.mean_of(as_read)
+    # the reference by hand: q * scale per row in fp32, summed in order, divided by 3
+    by_hand = sum(p["a"].float() * p["a@scale"].float().unsqueeze(1) for p in payloads) / 3
+    assert torch.equal(expected["a"], by_hand)
+    for name in expected:
+        assert got[name].shape == expected[name].shape and torch.equal(got[name], expected[name]), name
+    theta = {k: torch.zeros_like(v) for k, v in expected.items()}
+    outer = [avg.OuterSGD(theta, lr=0.7, momentum=0.9) for _ in range(2)]
+    for _ in range(2):  # the second step uses the momentum
+        a, b = outer[0].step(whole), outer[1].step(as_read)
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+
+
 def test_one_outer_step_is_nesterov_sgd_on_the_outer_gradient():
     outer = avg.OuterSGD({"w": torch.tensor([1.0, -2.0])}, lr=0.7, momentum=0.9)
     # step 1: g = theta - mean = (1 - 0.6, -2 - -1) = (0.4, -1); buf = g;
@@ -205,6 +235,34 @@ def test_models_agree_bit_for_bit_after_averaging_rounded_snapshots(tmp_path, dt
         step_both(xs, (m0, m1), 5)
         assert torch.equal(m0.weight, m1.weight) and torch.equal(m0.bias, m1.bias)
         assert not torch.equal(m0.weight, before)
+    finally:
+        for x in xs:
+            x.close()
+
+
+def test_an_int8_average_publishes_the_payload_it_averages_and_fills_it_again(tmp_path):
+    """With int8 snapshots a model quantises its weights once, on the training thread, and
+    the writer saves that payload: what it averages as its own is what its peer reads.
+    The next step fills the same int8 tensors again."""
+    from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8
+    torch.manual_seed(0)
+    m0, m1 = torch.nn.Linear(16, 8), torch.nn.Linear(16, 8)
+    w0, w1 = m0.weight.detach().clone(), m1.weight.detach().clone()
+    xs = [averaging(tmp_path, i, dtype="int8") for i in (0, 1)]
+    try:
+        step_both(xs, (m0, m1), 5)
+        q = xs[0]._cast["weight"]
+        assert q.dtype == torch.int8 and q.shape == (8, 16)
+        for x in xs:
+            x.wait_for_write()
+        snap = snapfile.read_snapshot(tmp_path, snapfile.snapshot_key(0, 5), dequantize=False)
+        assert snap.dtype == "int8" and torch.equal(snap.state_dict["weight"], q)
+        # the mean of both models' weights as quantised and dequantised, by hand
+        deq = [dequantize_int8(quantize_int8({"w": w}))["w"] for w in (w0, w1)]
+        assert torch.equal(m0.weight.detach(), (deq[0] + deq[1]) / 2)
+        assert torch.equal(m0.weight, m1.weight)
+        step_both(xs, (m0, m1), 10)
+        assert xs[0]._cast["weight"] is q  # filled again, not reallocated
     finally:
         for x in xs:
             x.close()

@@ -225,3 +225,33 @@ def test_non_finite_or_huge_weights_are_refused(bad):
 def test_a_key_with_the_scale_suffix_is_refused():
     with pytest.raises(ValueError, match="would clash"):
         quantize_int8({"w@scale": torch.ones(2, 2)})
+
+
+def test_row_chunks_and_a_reused_payload_give_the_same_bits(monkeypatch):
+    """On a CPU a matrix is quantised a few rows at a time (in the cache), into an earlier
+    payload's tensors when given one: the bits of the hand-worked matrix, chunk or not."""
+    from fairseq_codistill.exchange import quantize
+    monkeypatch.setattr(quantize, "ROW_CHUNK", 3)  # one row (of 3) a chunk
+    first = quantize_int8({"proj.weight": torch.tensor(W), "b": torch.tensor([0.5, 1.0])})
+    assert first["proj.weight"].tolist() == Q and first["proj.weight@scale"].tolist() == SCALE
+    again = quantize_int8({"proj.weight": -torch.tensor(W), "b": torch.tensor([2.0, 3.0])},
+                          out=first)
+    assert all(again[k] is first[k] for k in first)  # filled again
+    assert again["proj.weight"].tolist() == [[-q for q in row] for row in Q]
+    assert again["b"].tolist() == [2.0, 3.0]
+    # a payload of other shapes is not reused
+    other = quantize_int8({"proj.weight": torch.tensor(W).t()}, out=first)
+    assert other["proj.weight"] is not first["proj.weight"] and other["proj.weight"].shape == (3, 2)
+
+
+def test_unpack_leaves_the_payload_as_stored_and_checks_it():
+    from fairseq_codistill.exchange.quantize import Int8Matrix, unpack_int8
+    payload = quantize_int8({"proj.weight": torch.tensor(W), "b": torch.tensor([0.5])})
+    parts = unpack_int8(payload)
+    assert set(parts) == {"proj.weight", "b"} and isinstance(parts["proj.weight"], Int8Matrix)
+    assert parts["proj.weight"].q is payload["proj.weight"]
+    assert parts["proj.weight"].dequantize().tolist() == DEQ
+    assert parts["proj.weight"].rows(1, 2).dequantize().tolist() == DEQ[1:]
+    del payload["proj.weight"]
+    with pytest.raises(ValueError, match="a scale without its tensor"):
+        unpack_int8(payload)

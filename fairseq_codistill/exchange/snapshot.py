@@ -37,7 +37,7 @@ from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from fairseq_codistill.exchange.quantize import dequantize_int8, quantize_int8
+from fairseq_codistill.exchange.quantize import dequantize_int8, is_int8_payload, quantize_int8, unpack_int8
 from fairseq_codistill.exchange.storage import READ_BLOCK, as_store, model_prefix
 
 FORMAT_VERSION = 1
@@ -178,8 +178,11 @@ def _save_without_zip_crc(state_dict, f) -> _CRCWriter:
 
 def encode(f: BinaryIO, model_id: int, num_updates: int, state_dict: Dict[str, torch.Tensor],
            meta: Optional[dict], dtype: str) -> None:
-    """Write one snapshot into ``f``."""
-    payload = quantize_int8(state_dict) if dtype == "int8" else state_dict
+    """Write one snapshot into ``f``. For int8, ``state_dict`` may be quantised already
+    (``quantize_int8``'s payload: LocalSGD and DiLoCo quantise on the training thread,
+    since they average what their peers read)."""
+    quantize = dtype == "int8" and not is_int8_payload(state_dict)
+    payload = quantize_int8(state_dict) if quantize else state_dict
     crc_f = _save_without_zip_crc(payload, f)
     header = json.dumps({
         "format_version": FORMAT_VERSION,
@@ -231,16 +234,18 @@ def list_snapshots(store, model_id: int) -> List[SnapshotInfo]:
     return sorted(found, key=lambda s: s.num_updates, reverse=True)
 
 
-def read_snapshot(where, key: Optional[str] = None) -> Snapshot:
+def read_snapshot(where, key: Optional[str] = None, dequantize: bool = True) -> Snapshot:
     """Read and verify a whole snapshot: ``key`` in the store ``where``, or the file
-    ``where`` itself. Any defect raises ``SnapshotError``, nothing partial."""
+    ``where`` itself. Any defect raises ``SnapshotError``, nothing partial.
+    ``dequantize=False``: an int8 snapshot's ``state_dict`` is its payload, checked
+    (``unpack_int8`` reads it without a model-sized copy)."""
     name = f"{where}/{key}" if key is not None else str(where)
     try:
         path = Path(where) if key is None else as_store(where).local_path(key)
         if path is not None:
-            return _read_file(path, name)
+            return _read_file(path, name, dequantize)
         with as_store(where).open(key) as f:
-            return _read(f, name)
+            return _read(f, name, dequantize)
     except OSError as e:
         raise SnapshotError(f"cannot read {name}: {e}") from e
 
@@ -265,7 +270,7 @@ def _read_payload(f: BinaryIO, nbytes: int) -> Tuple[io.BytesIO, int]:
     return buf, crc
 
 
-def _read(f: BinaryIO, name: str) -> Snapshot:
+def _read(f: BinaryIO, name: str, dequantize: bool = True) -> Snapshot:
     """Verify and load one snapshot from a reader. Reads are few and large, since from an
     object store each is a GET: a snapshot of up to READ_BLOCK bytes in one read, used in
     place; a larger one as its tail (trailer and header) and then its payload in ranges."""
@@ -295,11 +300,11 @@ def _read(f: BinaryIO, name: str) -> Snapshot:
         payload, payload_crc = _read_payload(f, payload_bytes)
     _check_payload(header, payload_crc, name)
     state_dict = _load(lambda: torch.load(payload, map_location="cpu", weights_only=True),
-                       header, name)
+                       header, name, dequantize)
     return _snapshot(header, state_dict, size, name)
 
 
-def _read_file(path: Path, name: str) -> Snapshot:
+def _read_file(path: Path, name: str, dequantize: bool = True) -> Snapshot:
     """A snapshot in a file, mapped rather than read: the CRC runs over the page cache and
     ``torch.load(mmap=True)`` maps the tensors, so that reading 420 MB costs one pass (the
     CRC) instead of three copies (read, buffer, tensors) into memory that must first be
@@ -318,13 +323,13 @@ def _read_file(path: Path, name: str) -> Snapshot:
             with memoryview(m) as whole, whole[:payload_bytes] as payload:
                 _check_payload(header, zlib.crc32(payload), name)
         if size - payload_bytes > _ZIP_TAIL_BYTES:  # beyond the zip reader's search
-            return _read(f, name)
+            return _read(f, name, dequantize)
         opened = f"/proc/self/fd/{f.fileno()}"
         by_path = not os.path.exists(opened)  # no /proc: then check that it names the file
         try:
             state_dict = _load(lambda: torch.load(path if by_path else opened, mmap=True,
                                                   map_location="cpu", weights_only=True),
-                               header, name)
+                               header, name, dequantize)
         except SnapshotError:
             if by_path:
                 _check_unmoved(path, stat.st_ino)  # a pruned file is gone, not corrupt
@@ -384,12 +389,17 @@ def _check_payload(header: dict, payload_crc: int, name: str) -> None:
         raise SnapshotError(f"{name} fails its checksum")
 
 
-def _load(load: Callable[[], object], header: dict, name: str) -> Dict[str, torch.Tensor]:
-    """The state dict ``load()`` returns, checked (and dequantised for int8)."""
+def _load(load: Callable[[], object], header: dict, name: str,
+          dequantize: bool = True) -> Dict[str, torch.Tensor]:
+    """The state dict ``load()`` returns, checked (and dequantised for int8 unless not
+    ``dequantize``)."""
     try:
         state_dict = load()
         if header.get("dtype") == "int8":
-            state_dict = dequantize_int8(state_dict)
+            if dequantize:
+                state_dict = dequantize_int8(state_dict)
+            else:
+                unpack_int8(state_dict)  # checked; kept as stored
     except Exception as e:  # a valid CRC over an invalid pickle: foreign writer
         raise SnapshotError(f"{name} does not hold a state dict: {e}") from e
     if not isinstance(state_dict, dict) or not all(
