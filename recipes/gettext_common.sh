@@ -251,7 +251,9 @@ evaluate() {
 
 # evaluate_run DIR: eval.json (checkpoint_last.pt) and eval-best.json (checkpoint_best.pt)
 # of DIR, or of each DIR/model*, one model per thread; then their checkpoints are deleted
-# unless KEEP_CHECKPOINTS=1 (a study keeps what it measured, not 100 MB per model).
+# unless KEEP_CHECKPOINTS=1 (a study keeps what it measured, not 100 MB per model). Where
+# the best checkpoint is the last (fairseq copies one save to both, so the files are the
+# same bytes), eval-best.json is eval.json's scores, not a second decode.
 evaluate_run() {
     local dir=$1 models=() d pids=() pid failed=0
     if [[ -f "$dir/train.log" ]]; then models=("$dir"); else models=("$dir"/model[0-9]*); fi
@@ -260,9 +262,14 @@ evaluate_run() {
             for which in last best; do
                 local name=eval
                 [[ "$which" == best ]] && name=eval-best
-                if [[ -f "$d/checkpoint_$which.pt" ]]; then
-                    THREADS=1 evaluate "$d" "$d/checkpoint_$which.pt" "$name" || (( $? == 1 )) || exit 1
+                if [[ ! -f "$d/checkpoint_$which.pt" ]]; then continue; fi
+                if [[ "$which" == best && "$d/eval.json" -nt "$d/checkpoint_last.pt" ]] \
+                        && cmp -s "$d/checkpoint_last.pt" "$d/checkpoint_best.pt"; then
+                    "$PYTHON" -m fairseq_codistill.tools.evaluate --same-as "$d/eval.json" \
+                        --checkpoint "$d/checkpoint_best.pt" --out "$d/eval-best.json" > /dev/null || exit 1
+                    continue
                 fi
+                THREADS=1 evaluate "$d" "$d/checkpoint_$which.pt" "$name" || (( $? == 1 )) || exit 1
             done
         ) &
         pids+=($!)

@@ -249,6 +249,21 @@ def test_eval_json(tmp_path):
     assert result["sacrebleu"].startswith("nrefs:1")
 
 
+def test_eval_of_the_same_checkpoint_takes_its_scores(tmp_path):
+    gen, ref, out = tmp_path / "gen.txt", tmp_path / "test.en", tmp_path / "eval.json"
+    gen.write_text(GENERATE)
+    ref.write_text("open the file now please\ngood day to you all\n")
+    evaluate.main(["--generate", str(gen), "--reference", str(ref), "--checkpoint", "last.pt",
+                   "--out", str(out)])
+    best = tmp_path / "eval-best.json"
+    assert evaluate.main(["--same-as", str(out), "--checkpoint", "best.pt", "--out", str(best)]) == 0
+    result = json.loads(best.read_text())
+    assert (result["bleu"], result["checkpoint"], result["same_as"]) == (100.0, "best.pt", "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval-best.json", "eval.json", "gen.txt", "test.en"]
+    with pytest.raises(SystemExit):  # scores come from one place
+        evaluate.main(["--same-as", str(out), "--generate", str(gen), "--out", str(best)])
+
+
 def test_eval_refuses_missing_hypotheses(tmp_path):
     gen, ref = tmp_path / "gen.txt", tmp_path / "test.en"
     gen.write_text(GENERATE)

@@ -35,6 +35,7 @@ def test_the_study_trains_evaluates_and_reports_every_kind(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
+    reused = 0
     for line in GRID.split("\n"):
         if not line.strip():
             continue
@@ -48,6 +49,15 @@ def test_the_study_trains_evaluates_and_reports_every_kind(tmp_path):
                 result = json.loads((model / evaluated).read_text())
                 assert 0 <= result["bleu"] <= 100 and 0 <= result["chrf"] <= 100 and result["num_sentences"] == 20
             assert not list(model.glob("checkpoint*.pt"))  # evaluated, then deleted
+            best = json.loads((model / "eval-best.json").read_text())
+            if "same_as" in best:  # the best checkpoint was the last: scored once
+                last = json.loads((model / "eval.json").read_text())
+                assert best["same_as"].endswith("checkpoint_last.pt") and best["bleu"] == last["bleu"]
+                assert not (model / "eval-best-test.txt").exists()
+                reused += 1
+            else:
+                assert (model / "eval-best-test.txt").exists()
+    assert reused > 0  # 8 updates: most models are best at their last
     assert json.loads((runs / "codistill-u16" / "seed1" / "study.json").read_text())["gamma"] == pytest.approx(
         1.1 ** 0.5, abs=1e-4)  # twice the updates: alpha grows half as fast
     assert "--encoder-layers 2" in (runs / "codistill-deep2" / "seed1" / "model1" / "train.log").read_text()

@@ -15,6 +15,7 @@ prints ``P-`` positional scores as base-2 log-probabilities, end of sentence inc
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -94,18 +95,40 @@ def main(argv=None) -> int:
     p.add_argument("--score-reference", type=Path,
                    help="fairseq-generate --score-reference output on the validation split")
     p.add_argument("--checkpoint", help="what was evaluated (recorded in eval.json)")
+    p.add_argument("--same-as", type=Path,
+                   help="an eval.json of the same checkpoint under another name (fairseq's "
+                        "checkpoint_best.pt when it is checkpoint_last.pt): its scores, no decode")
     p.add_argument("--out", type=Path, required=True, help="eval.json to write")
     args = p.parse_args(argv)
-    if args.generate is None and args.score_reference is None:
-        p.error("give --generate and/or --score-reference")
+    if args.same_as is not None and (args.generate or args.score_reference):
+        p.error("--same-as takes the scores of another eval.json: no --generate or --score-reference")
+    if args.same_as is None and args.generate is None and args.score_reference is None:
+        p.error("give --generate and/or --score-reference, or --same-as")
     try:
-        result = evaluate(args.generate, args.reference, args.score_reference, args.split, args.checkpoint)
+        if args.same_as is not None:
+            result = json.loads(args.same_as.read_text())
+            result["same_as"] = result.get("checkpoint")
+            if args.checkpoint is not None:
+                result["checkpoint"] = args.checkpoint
+        else:
+            result = evaluate(args.generate, args.reference, args.score_reference, args.split,
+                              args.checkpoint)
     except (OSError, ValueError) as e:
         sys.exit(f"evaluate: {e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_atomically(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(result))
     return 0
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """``path`` whole or not at all, for a report that may read it meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
