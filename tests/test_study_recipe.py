@@ -1,6 +1,7 @@
 """recipes/study.sh end to end, shortened: made-up catalogs, a tiny model, 8 updates, one
-seed, a line of every kind; every model evaluated at its best and last checkpoint, and the
-report's tables from them."""
+seed, a line of every kind and of settings the grid changes (interval, depth, run length); every
+model evaluated at its best and last checkpoint, and the report's tables from them. The
+report's choice among several controls is tests/test_study.py's (one control here)."""
 import json
 import os
 import subprocess
@@ -15,7 +16,6 @@ pytestmark = pytest.mark.e2e
 GRID = """
 baseline             baseline
 control              control
-control-d0.3         control    dropout=0.3
 codistill-a0.1-k4    codistill  interval=4
 localsgd-k4          localsgd   interval=4
 diloco-k4            diloco     interval=4
