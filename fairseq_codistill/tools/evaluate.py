@@ -15,10 +15,11 @@ prints ``P-`` positional scores as base-2 log-probabilities, end of sentence inc
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from fairseq_codistill.exchange.storage import atomic_write
 
 
 def read_lines(path: Path, tag: str) -> Dict[int, str]:
@@ -115,20 +116,11 @@ def main(argv=None) -> int:
                               args.checkpoint)
     except (OSError, ValueError) as e:
         sys.exit(f"evaluate: {e}")
-    write_atomically(args.out, json.dumps(result, indent=1) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # whole or not at all: a report may read it meanwhile
+    atomic_write(args.out, lambda f: f.write((json.dumps(result, indent=1) + "\n").encode()))
     print(json.dumps(result))
     return 0
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """``path`` whole or not at all, for a report that may read it meanwhile."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
