@@ -69,6 +69,7 @@ codistill-a0.1-k40-const    codistill  gamma=1
 baseline-u1920              baseline   updates=1920
 control-u1920               control    updates=1920
 codistill-a0.1-k40-u1920    codistill  updates=1920
+localsgd-k40-u1920          localsgd   updates=1920
 diloco-k40-m0.5-u1920       diloco     outer_momentum=0.5 updates=1920
 localsgd-k40-fp32           localsgd   snapshot=fp32
 localsgd-k40-int8           localsgd   snapshot=int8
