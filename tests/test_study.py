@@ -134,15 +134,17 @@ def test_claims_at_the_end_of_a_longer_run(study_dir):
 def test_the_methods_side_by_side_with_their_bytes(study_dir):
     table = study.methods(study.load_study(study_dir))
     rows = {r[0].split(":")[0]: r for r in table["the regime"]}
-    assert list(rows) == ["all-reduce (batch 2B)", "DiLoCo", "DiLoCo (outer lr 0.7, momentum 0.5)",
+    assert list(rows) == ["all-reduce (batch 2B)", "DiLoCo", "DiLoCo (outer lr 0.7, momentum 0.9)",
                           "codistillation", "one model alone"]
-    # the first DiLoCo row is DiLoCo's defaults (its study.json written before the settings
-    # existed); a variant in the outer optimiser's settings stands beside it
-    assert rows["DiLoCo"][0] == "DiLoCo: diloco-k40"
-    assert rows["DiLoCo (outer lr 0.7, momentum 0.5)"][0].endswith(": diloco-k40-m0.5")
+    # the first DiLoCo row is at today's defaults (momentum 0.5); a variant in the outer
+    # optimiser's settings stands beside it (momentum 0.9: its study.json written before the
+    # settings existed, so at the defaults of then)
+    assert rows["DiLoCo"][0] == "DiLoCo: diloco-k40-m0.5"
+    assert rows["DiLoCo (outer lr 0.7, momentum 0.9)"][0].endswith(": diloco-k40")
     # all-reduce of 2 workers: 4 bytes per parameter per update, 1,000 parameters
     assert rows["all-reduce (batch 2B)"][4] == "4.0 KB" and rows["codistillation"][4] == "80 B"  # 1600 / 20
-    assert rows["DiLoCo"][1] == "3.900 ± 0.000" and rows["DiLoCo"][2] == "20.25 ± 0.25"
+    assert rows["DiLoCo (outer lr 0.7, momentum 0.9)"][1] == "3.900 ± 0.000"
+    assert rows["DiLoCo (outer lr 0.7, momentum 0.9)"][2] == "20.25 ± 0.25"
     assert rows["one model alone"][0] == "one model alone: control-d0.3" and rows["one model alone"][4] == "0 B"
     assert rows["codistillation"][5:] == ["never (a stale peer)", "yes"]
 
@@ -163,9 +165,9 @@ def test_report_cli_writes_the_study(study_dir, tmp_path, capsys):
     assert "| codistill-k40 **(regime)** | codistill | the regime's |" in md
     assert "| control-d0.3 | control | dropout 0.3 | 1,2 | 2 | 4.530 ± 0.010 |" in md
     assert "| codistill-k40-u40 | codistill | updates 40 |" in md
-    # a DiLoCo line at DiLoCo's defaults has the regime's settings; the variant says how it differs
-    assert "| diloco-k40 | diloco | the regime's |" in md
-    assert "| diloco-k40-m0.5 | diloco | outer_momentum 0.5 |" in md
+    # a DiLoCo line at today's defaults has the regime's settings; the other says how it differs
+    assert "| diloco-k40 | diloco | outer_momentum 0.9 |" in md
+    assert "| diloco-k40-m0.5 | diloco | the regime's |" in md
     assert "## The methods at equal bytes" in md and "**updates 40**" in md
     assert "## Heterogeneous pairs" in md
     assert (tmp_path / "out" / "study_valid.png").stat().st_size > 10_000

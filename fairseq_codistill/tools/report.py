@@ -27,6 +27,7 @@ from fairseq_codistill.tools.runs import (
     updates_done,
     wall_seconds,
 )
+from fairseq_codistill.tools.results import export
 from fairseq_codistill.tools.study import load_study, write_study_report
 
 
@@ -268,6 +269,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--study", type=Path, default=None, metavar="DIR",
                    help="summarise a study instead: runs with a study.json under DIR (recipes/study.sh), "
                         "mean and spread over seeds and the paper's claims, into OUT/study.md")
+    p.add_argument("--export", type=Path, default=None, metavar="DEST",
+                   help="with --study: copy each run's small files (study.json, launch.json, "
+                        "eval*.json and its log's records as train.json; no checkpoints) into DEST, "
+                        "the results/ a study page is generated from (docs/study.md: --study results/study "
+                        "--out docs)")
     p.add_argument("--out", "-o", type=Path, default=Path("report"), help="output folder (default: report)")
     p.add_argument("--allreduce-workers", type=int, default=None,
                    help="count a single-process baseline that sums W batches per update (--update-freq "
@@ -278,7 +284,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.export is not None and args.study is None:
+        sys.exit("fairseq-codistill-report: --export copies a study's runs: give --study DIR too")
     if args.study is not None:
+        if args.export is not None:
+            exported = export(args.study, args.export)
+            print(f"exported {len(exported)} run(s) into {args.export}")
+            return 0
         groups = load_study(args.study)
         if not groups:
             sys.exit(f"fairseq-codistill-report: --study {args.study}: no run with a study.json and a "

@@ -21,6 +21,8 @@ CONFIG_INT = r"'{}': (\d+)"
 CRITERION = re.compile(r"'criterion': \{'_name': '(\w+)'([^}]*)\}")
 LABEL_SMOOTHING = re.compile(r"'label_smoothing': ([\d.e-]+)")
 MODEL_DIR = re.compile(r"^model(\d+)$")
+# A log's records without the log (fairseq_codistill.tools.results keeps them in results/).
+SERIES_FILE = "train.json"
 
 
 @dataclass
@@ -109,11 +111,11 @@ def load_run(run_dir: Path) -> List[Series]:
     an eval-only ``ensemble`` row when RUN_DIR/ensemble/eval.json exists."""
     run_dir = Path(run_dir)
     name = run_dir.resolve().name
-    if (run_dir / "train.log").is_file():
+    if _has_log(run_dir):
         logs = [(name, run_dir)]
     else:
         models = sorted((int(MODEL_DIR.match(d.name).group(1)), d) for d in run_dir.iterdir()
-                        if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
+                        if d.is_dir() and MODEL_DIR.match(d.name) and _has_log(d))
         logs = [(f"{name}/{d.name}", d) for _, d in models]
     if not logs:
         raise FileNotFoundError(f"{run_dir}: no train.log and no model*/train.log (a run "
@@ -121,7 +123,8 @@ def load_run(run_dir: Path) -> List[Series]:
     series = []
     for label, directory in logs:
         log = directory / "train.log"
-        s = parse_log(log.read_text(errors="replace"), label, log)
+        s = parse_log(log.read_text(errors="replace"), label, log) if log.is_file() \
+            else _load_series(directory / SERIES_FILE, label)
         s.eval = _read_eval(directory)
         s.eval_best = _read_eval(directory, "eval-best.json")
         series.append(s)
@@ -129,6 +132,18 @@ def load_run(run_dir: Path) -> List[Series]:
     if ensemble is not None:
         series.append(Series(f"{name}/ensemble", run_dir / "ensemble", eval=ensemble))
     return series
+
+
+def _has_log(directory: Path) -> bool:
+    return (directory / "train.log").is_file() or (directory / SERIES_FILE).is_file()
+
+
+def _load_series(path: Path, label: str) -> Series:
+    """A model's records as ``fairseq_codistill.tools.results.save_series`` kept them."""
+    data = json.loads(path.read_text())
+    return Series(label, path, inner=data["inner"], epochs=data["epochs"], valid=data["valid"],
+                  setup=data["setup"], done_seconds=data["done_seconds"],
+                  said_no_peer=data["said_no_peer"])
 
 
 def curve(records: Sequence[dict], key: str, x: str = "num_updates"):

@@ -36,6 +36,9 @@ KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot",
          "outer_lr", "outer_momentum")
 # A knob a run's study.json may lack (written before the knob existed): its value then.
 KNOB_DEFAULTS = {"codistill": {"snapshot": "fp16"}, "diloco": {"outer_lr": 0.7, "outer_momentum": 0.9}}
+# The settings of the line that stands for a method: today's defaults (DiLoCo's outer
+# momentum 0.5 since its paper's 0.9 failed in the study's short runs).
+STAND_IN = {"diloco": {"outer_lr": 0.7, "outer_momentum": 0.5}}
 # The regime's knobs that a longer run changes with it (gamma follows the run length).
 FOLLOWS_SETTING = ("gamma",)
 
@@ -72,6 +75,13 @@ class Group:
     setting: tuple
     regime: bool = False
     runs: Dict[int, List[Series]] = field(default_factory=dict)  # seed -> its model(s)
+    metas: Dict[int, dict] = field(default_factory=dict)  # seed -> its study.json
+    launches: Dict[int, dict] = field(default_factory=dict)  # seed -> its launch.json, if any
+
+    @property
+    def timed(self) -> bool:
+        """Trained for a wall-clock budget (a scenario's line), not a number of updates."""
+        return any("budget" in m for m in self.metas.values())
 
     @property
     def models(self) -> List[Series]:
@@ -158,6 +168,10 @@ def load_study(root: Path) -> List[Group]:
             meta["group"], meta["kind"], _params(meta), tuple(meta.get(k) for k in SETTING)))
         group.regime = group.regime or bool(meta.get("regime"))
         group.runs[int(meta["seed"])] = series
+        group.metas[int(meta["seed"])] = meta
+        launch = meta_path.parent / "launch.json"
+        if launch.is_file():
+            group.launches[int(meta["seed"])] = json.loads(launch.read_text())
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(groups.values(), key=lambda g: (order[g.kind], not g.regime, g.name))
 
@@ -186,7 +200,7 @@ def stand_in(groups: Sequence[Group], kind: str, setting: tuple, regime: Group) 
             g.setting != regime.setting and _same_knobs(g, regime, FOLLOWS_SETTING))]
     elif kind in ("localsgd", "diloco"):
         found = [g for g in found if _averaging_like(g, regime)
-                 and all(g.params.get(k) == v for k, v in KNOB_DEFAULTS.get(kind, {}).items())]
+                 and all(g.params.get(k) == v for k, v in STAND_IN.get(kind, {}).items())]
     elif kind == "baseline":
         found = [g for g in found if g.params.get("dropout") == regime.params.get("dropout")]
     return found[0] if found else None
@@ -423,7 +437,8 @@ def _knobs(group: Group, regime: Optional[Group]) -> str:
     if regime is None:
         return ", ".join(f"{k} {p[k]}" for k in KNOBS + SETTING if k in p)
     keys = SETTING + (KNOBS if group.kind in PAIRS else ("dropout",))
-    reference = {**regime.params, **KNOB_DEFAULTS.get(group.kind, {})}  # a kind's own knobs at their defaults
+    # a kind's own knobs at today's defaults
+    reference = {**regime.params, **KNOB_DEFAULTS.get(group.kind, {}), **STAND_IN.get(group.kind, {})}
     diffs = [f"{k} {p[k]}" for k in keys if k in p and p[k] != reference.get(k)
              and not (k == "gamma" and group.setting != regime.setting)]
     return ", ".join(diffs) or "the regime's"
@@ -513,8 +528,17 @@ def _band(group: Group, attr: str, key: str):
 
 
 def write_study_report(out: Path, groups: Sequence[Group]) -> str:
+    """OUT/study.md and its plots: the lines trained for a number of updates (the map),
+    then those trained for a wall-clock budget (the scenarios)."""
+    from fairseq_codistill.tools import scenarios
+
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# Codistillation study", "", study_table(groups), "",
+    everything, groups = groups, [g for g in groups if not g.timed]
+    lines = ["# Codistillation study", ""]
+    lines += scenarios.report(out, everything)
+    if not groups:
+        return _write(out, lines)
+    lines += ["## The map: every line at the same number of updates", "", study_table(groups), "",
              "- *val NLL*: validation NLL per target token (base 2) at the last validation, "
              "the same update for every run of a setting; *best val NLL*: the lowest validation "
              "of the run, that of checkpoint_best.pt; *BLEU*, *chrF*: sacrebleu on the test "
@@ -552,6 +576,31 @@ def write_study_report(out: Path, groups: Sequence[Group]) -> str:
         lines.append("")
     for name in plot_study(out, groups):
         lines += [f"![{name}]({name})", ""]
+    return _write(out, lines)
+
+
+def _write(out: Path, lines: List[str]) -> str:
     text = "\n".join(lines)
     (out / "study.md").write_text(text)
     return text
+
+
+def regime_wall(run_dir: Path) -> float:
+    """The wall time of one run: its slowest model's, from start to the end of training
+    (fairseq's "done training in" seconds). The scenarios' budget W is the regime's."""
+    walls = [wall_seconds(s) for s in load_run(run_dir) if s.path is not None]
+    walls = [w for w in walls if w is not None]
+    if not walls:
+        raise ValueError(f"{run_dir}: no finished model to time")
+    return max(walls)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the wall time of a finished run (recipes/study.sh's W)")
+    parser.add_argument("--wall", type=Path, required=True, metavar="RUN_DIR")
+    try:
+        print(f"{regime_wall(parser.parse_args().wall):.1f}")
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"study --wall: {e}")

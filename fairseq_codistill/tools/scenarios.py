@@ -1,0 +1,291 @@
+"""The scenarios of a study: every method trained for the same wall-clock budget W, with
+equal workers, with one worker at half speed, or with one worker preempted, to ask which
+method gives the best translation for the same wall time.
+
+A scenario's line has ``budget`` (seconds, W) in its ``study.json``, and ``slowdown`` (F)
+or ``preempt`` ([AT, FOR] seconds) where a fault is injected into model 1 (rank 1, or the
+whole job, of all-reduce). Model 0 is the fast model: the one a user keeps when a worker
+is slow. Goodput is a model's updates per second divided by the same model's in the same
+method's line with no fault, on the same seed (``recipes/study.sh`` measures W and then
+every line of a seed in one run, each with the machine to itself).
+"""
+import statistics
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from fairseq_codistill.tools.runs import Series, curve, updates_done, wall_seconds
+
+SCENARIOS = (("equal", "equal speed"), ("straggler", "2x straggler"), ("preemption", "preemption"),
+             ("sizes", "two model sizes"))
+# (label, what a line of the method is): its kind, asynchronous, max_lead 0
+METHODS = (("all-reduce (2 ranks)", ("baseline", False, False)),
+           ("LocalSGD", ("localsgd", False, False)),
+           ("LocalSGD, asynchronous", ("localsgd", True, False)),
+           ("DiLoCo", ("diloco", False, False)),
+           ("DiLoCo, asynchronous", ("diloco", True, False)),
+           ("codistillation (never waits)", ("codistill", False, True)),
+           ("the fast model alone", ("control", False, False)))
+CODISTILL, ALONE = METHODS[5][0], METHODS[6][0]
+
+
+def scenario_of(group) -> str:
+    meta = next(iter(group.metas.values()))
+    if meta.get("slowdown"):
+        return "straggler"
+    if meta.get("preempt"):
+        return "preemption"
+    if group.heterogeneous:
+        return "sizes"
+    return "equal"
+
+
+def method_of(group) -> Optional[str]:
+    meta = next(iter(group.metas.values()))
+    key = (group.kind, bool(meta.get("asynchronous")), meta.get("max_lead", 1) == 0)
+    return next((label for label, k in METHODS if k == key), None)
+
+
+# -- one model's figures at W --------------------------------------------------------------
+def bleu_last(series: Series) -> Optional[float]:
+    return _score(series.eval, "bleu")
+
+
+def bleu_best(series: Series) -> Optional[float]:
+    return _score(series.eval_best, "bleu")
+
+
+def chrf_last(series: Series) -> Optional[float]:
+    return _score(series.eval, "chrf")
+
+
+def _score(result: Optional[dict], key: str) -> Optional[float]:
+    value = (result or {}).get(key)
+    return float(value) if value is not None else None
+
+
+def valid_at_end(series: Series) -> Optional[float]:
+    """Validation NLL at the end of the budget (fairseq validates when it stops)."""
+    values = curve(series.valid, "nll_loss")[1]
+    return values[-1] if values else None
+
+
+def pace(series: Series) -> Optional[float]:
+    """Updates per second of wall time, start to end of training."""
+    updates, wall = updates_done(series), wall_seconds(series)
+    return updates / wall if updates and wall else None
+
+
+def valid_by_wall(series: Series) -> Tuple[List[float], List[float]]:
+    """(wall seconds, validation NLL): each validation at the wall time of the training
+    record of its update (logged just before it), the last one at the end of training."""
+    walls = dict(zip(*curve(series.inner, "wall")))
+    xs, ys = [], []
+    for update, nll in zip(*curve(series.valid, "nll_loss")):
+        before = [u for u in walls if u <= update]
+        wall = walls[max(before)] if before else None
+        if update == updates_done(series) and series.done_seconds is not None:
+            wall = series.done_seconds
+        if wall is not None:
+            xs.append(wall)
+            ys.append(nll)
+    return xs, ys
+
+
+# -- the tables ------------------------------------------------------------------------------
+class Lines:
+    """A study's timed groups by scenario and method."""
+
+    def __init__(self, groups: Sequence):
+        self.groups = [g for g in groups if g.timed and method_of(g) is not None]
+        self.by: Dict[Tuple[str, str], object] = {}
+        for g in self.groups:
+            self.by.setdefault((scenario_of(g), method_of(g)), g)
+        self.scenarios = [(key, label) for key, label in SCENARIOS
+                          if any(s == key for s, _ in self.by)]
+
+    def get(self, scenario: str, method: str):
+        if method == ALONE:  # the fast model alone has no fault to suffer: one line for all
+            return self.by.get((scenario, ALONE)) or self.by.get(("equal", ALONE))
+        return self.by.get((scenario, method))
+
+    def reference(self, group):
+        """The same method's line at equal speed."""
+        return self.by.get(("equal", method_of(group)))
+
+
+def _values(group, figure, model: int = 0) -> List[float]:
+    """``figure`` of model ``model`` of each seed (the job itself for one model)."""
+    out = []
+    for seed in sorted(group.runs):
+        models = group.runs[seed]
+        value = figure(models[min(model, len(models) - 1)])
+        if value is not None:
+            out.append(value)
+    return out
+
+
+def _goodput(group, reference, model: int) -> List[float]:
+    """Per seed: this model's pace over the same model's in the reference line."""
+    out = []
+    for seed in sorted(group.runs):
+        if reference is None or seed not in reference.runs:
+            continue
+        ours, theirs = group.runs[seed], reference.runs[seed]
+        a = pace(ours[min(model, len(ours) - 1)])
+        b = pace(theirs[min(model, len(theirs) - 1)])
+        if a and b:
+            out.append(a / b)
+    return out
+
+
+def _fmt(values: List[float], digits: int) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.fmean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+
+
+def _judge(a: List[float], b: List[float], higher_is_better: bool, digits: int) -> str:
+    """'better', 'worse' or 'level', by the larger of the two spreads (one seed: no spread,
+    so any gap counts and the verdict says it rests on one seed)."""
+    if not a or not b:
+        return "not measured"
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    spread = max(max(a) - min(a), max(b) - min(b))
+    gain = diff if higher_is_better else -diff
+    word = "better" if gain > spread else "worse" if -gain > spread else "level"
+    seeds = f", {min(len(a), len(b))} seed{'s' if min(len(a), len(b)) > 1 else ''}"
+    return f"{word} ({diff:+.{digits}f}, spread {spread:.{digits}f}{seeds})"
+
+
+def which_method(lines: Lines) -> List[str]:
+    header = ["method"] + [label for _, label in lines.scenarios]
+    rows = []
+    for method, _ in METHODS:
+        cells = [_fmt(_values(g, bleu_last), 2) if (g := lines.get(s, method)) is not None else "-"
+                 for s, _ in lines.scenarios]
+        if any(c != "-" for c in cells):
+            rows.append([method] + cells)
+    return _markdown(header, rows)
+
+
+def verdicts(lines: Lines) -> List[str]:
+    """Codistillation's fast model against each competitor, per scenario, in BLEU of the
+    last checkpoint at W and in validation NLL at W."""
+    out = []
+    for scenario, label in lines.scenarios:
+        ours = lines.get(scenario, CODISTILL)
+        if ours is None:
+            out.append(f"- **{label}**: codistillation not run.")
+            continue
+        asynchronous = [m for m in ("LocalSGD, asynchronous", "DiLoCo, asynchronous")
+                        if lines.get(scenario, m) is not None]
+        best_async = max(asynchronous, default=None,
+                         key=lambda m: statistics.fmean(_values(lines.get(scenario, m), bleu_last) or [0]))
+        parts = []
+        for rival in [best_async, "all-reduce (2 ranks)", "LocalSGD", "DiLoCo", ALONE]:
+            other = lines.get(scenario, rival) if rival else None
+            if other is None or (rival in asynchronous and rival != best_async):
+                continue
+            name = f"the best asynchronous averaging ({rival})" if rival == best_async else rival
+            parts.append(f"against {name}: BLEU {_judge(_values(ours, bleu_last), _values(other, bleu_last), True, 2)}"
+                         f", NLL {_judge(_values(ours, valid_at_end), _values(other, valid_at_end), False, 3)}")
+        out.append(f"- **{label}**, codistillation's fast model (BLEU of the last checkpoint and "
+                   f"validation NLL at W) " + "; ".join(parts) + ".")
+    return out
+
+
+def details(lines: Lines, scenario: str) -> List[str]:
+    header = ["line", "model", "seeds", "W (s)", "updates at W", "goodput", "val NLL at W",
+              "BLEU", "BLEU (best)", "chrF"]
+    rows = []
+    for method, _ in METHODS:
+        g = lines.get(scenario, method)
+        if g is None:
+            continue
+        budgets = [m["budget"] for _, m in sorted(g.metas.items()) if "budget" in m]
+        reference = lines.reference(g)
+        for model in range(max(len(r) for r in g.runs.values())):
+            rows.append([g.name, "job" if len(next(iter(g.runs.values()))) == 1 else
+                         f"model{model}" + (" (faulty)" if model == 1 and scenario != "equal" else ""),
+                         ",".join(str(s) for s in sorted(g.runs)), _fmt(budgets, 0),
+                         _fmt(_values(g, updates_done, model), 0),
+                         _fmt(_goodput(g, reference, model), 2) if g is not reference else "1",
+                         _fmt(_values(g, valid_at_end, model), 3), _fmt(_values(g, bleu_last, model), 2),
+                         _fmt(_values(g, bleu_best, model), 2), _fmt(_values(g, chrf_last, model), 2)])
+    return _markdown(header, rows)
+
+
+def environments(groups: Sequence) -> List[str]:
+    """Where the timed lines ran: wall-clock lines compare only on one kind of machine."""
+    seen = {}
+    for g in groups:
+        for m in g.metas.values():
+            env = m.get("env") or {}
+            key = (env.get("cpu"), env.get("precision"), env.get("device"), env.get("torch"),
+                   env.get("fairseq"))
+            seen.setdefault(key, []).append(env.get("date", "")[:10])
+    return [f"- {cpu or 'unknown CPU'}, {precision} on {device}, torch {torch}, fairseq {fairseq}: "
+            f"{len(dates)} run(s)" for (cpu, precision, device, torch, fairseq), dates in seen.items()]
+
+
+def plot(out: Path, lines: Lines, scenario: str, label: str) -> Optional[str]:
+    """Validation NLL against wall seconds, model 0 of every line of ``scenario``, one thin
+    line per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (method, _) in enumerate(METHODS):
+        g = lines.get(scenario, method)
+        if g is None:
+            continue
+        for j, seed in enumerate(sorted(g.runs)):
+            xs, ys = valid_by_wall(g.runs[seed][0])
+            ax.plot(xs, ys, color=f"C{i}", marker="o", markersize=2, linewidth=1,
+                    label=method if j == 0 else None)
+    if not ax.lines:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("wall seconds")
+    ax.set_ylabel("validation NLL (base 2), model 0")
+    ax.set_title(f"{label}: validation NLL against wall time")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    name = f"study_wall_{scenario}.png"
+    fig.savefig(out / name, dpi=90)
+    plt.close(fig)
+    return name
+
+
+def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in rows]
+
+
+def report(out: Path, groups: Sequence) -> List[str]:
+    """The scenarios' section of study.md (nothing when the study has no timed line)."""
+    lines = Lines(groups)
+    if not lines.groups:
+        return []
+    text = ["## Which method? Equal wall time", "",
+            "BLEU of the fast model's last checkpoint at the budget W (model 0; all-reduce is one "
+            "job), mean ± half the spread (max - min) over seeds. W is the wall time the "
+            "regime's codistilled pair takes for its updates at equal speed, measured on each "
+            "seed in the same study run.", ""]
+    text += which_method(lines) + [""]
+    text += ["A result is better or worse only beyond the larger spread of the two lines "
+             "compared, in the measure named:", ""] + verdicts(lines) + [""]
+    for scenario, label in lines.scenarios:
+        text += [f"### {label}", ""] + details(lines, scenario) + [""]
+        name = plot(out, lines, scenario, label)
+        if name:
+            text += [f"![{name}]({name})", ""]
+    text += ["Goodput: a model's updates per second over the same model's in the same method's "
+             "line at equal speed, on the same seed. Where the lines ran:", ""]
+    text += environments(lines.groups) + [""]
+    return text

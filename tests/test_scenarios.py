@@ -1,0 +1,130 @@
+"""The scenarios' section of the study (fairseq_codistill.tools.scenarios) and results as
+data (fairseq_codistill.tools.results), on logs written here with known numbers."""
+import json
+
+import pytest
+
+from fairseq_codistill.tools import report, results, scenarios, study
+
+T = "2026-12-06 10:00:00 | INFO"
+SETTING = {"lang_pair": "de-en", "updates": 480, "tokens": 1024, "fraction": 0.0625, "layers": 3}
+
+
+def write_model(d, updates, wall, final_nll, bleu):
+    """A model that reached ``updates`` in ``wall`` seconds: a training record and a
+    validation at half of each, the last validation at the end."""
+    d.mkdir(parents=True, exist_ok=True)
+    half = updates // 2
+    lines = [
+        f'{T} | train_inner | {{"nll_loss": "6.0", "num_updates": "{half}", "wall": "{wall / 2}"}}',
+        f'{T} | valid | {{"valid_nll_loss": "{final_nll + 1}", "valid_num_updates": "{half}"}}',
+        f'{T} | train_inner | {{"nll_loss": "5.0", "num_updates": "{updates}", "wall": "{wall - 1}"}}',
+        f'{T} | valid | {{"valid_nll_loss": "{final_nll}", "valid_num_updates": "{updates}"}}',
+        f'{T} | fairseq_cli.train | done training in {wall:.1f} seconds',
+    ]
+    (d / "train.log").write_text("\n".join(lines) + "\n")
+    (d / "eval.json").write_text(json.dumps({"bleu": bleu, "chrf": 2 * bleu}))
+    (d / "eval-best.json").write_text(json.dumps({"bleu": bleu - 1, "chrf": 2 * bleu - 2}))
+
+
+def write_line(runs, name, kind, seed, models, **meta):
+    run = runs / name / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "study.json").write_text(json.dumps({**SETTING, "group": name, "kind": kind, "seed": seed,
+                                                "env": {"cpu": "Test CPU", "precision": "bf16",
+                                                        "device": "cpu", "torch": "2.13.0",
+                                                        "fairseq": "0.12.3.1"}, **meta}))
+    if len(models) == 1:
+        write_model(run, *models[0])
+    else:
+        for i, m in enumerate(models):
+            write_model(run / f"model{i}", *m)
+    (run / "launch.json").write_text(json.dumps({"model1": {"paused_seconds": 25.0}}))
+
+
+@pytest.fixture
+def runs(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        b = {"budget": 100.0}
+        write_line(runs, "regime", "codistill", seed, [(480, 100, 5.0, 15.0)] * 2, regime=True,
+                   alpha=0.1, gamma=1.1, interval=40, peer_layers=3)
+        # equal speed: LocalSGD 2 updates/s, its async twin the same; codistillation 1.5/s
+        write_line(runs, "lsgd", "localsgd", seed, [(200, 100, 5.0, 17.0 + seed)] * 2, interval=40, **b)
+        write_line(runs, "lsgd-async", "localsgd", seed, [(200, 100, 5.0, 17.0)] * 2, interval=40,
+                   asynchronous=True, **b)
+        write_line(runs, "codi", "codistill", seed, [(150, 100, 5.1, 15.0)] * 2, max_lead=0,
+                   alpha=0.1, interval=40, peer_layers=3, **b)
+        write_line(runs, "alone", "control", seed, [(180, 100, 5.3, 14.0)], **b)
+        # model 1 at half speed: synchronous LocalSGD waits (1.2/s), the async one does not
+        write_line(runs, "lsgd-slow", "localsgd", seed, [(120, 100, 5.2, 16.0)] * 2, interval=40,
+                   slowdown=2.0, **b)
+        write_line(runs, "lsgd-async-slow", "localsgd", seed, [(190, 100, 5.1, 16.5), (100, 100, 5.4, 15.0)],
+                   interval=40, asynchronous=True, slowdown=2.0, **b)
+        write_line(runs, "codi-slow", "codistill", seed, [(147, 100, 5.1, 14.0 + seed), (75, 100, 5.5, 12.0)],
+                   max_lead=0, alpha=0.1, interval=40, peer_layers=3, slowdown=2.0, **b)
+    return runs
+
+
+def test_the_table_has_a_column_per_scenario_and_bleu_at_w(runs, tmp_path):
+    text = "\n".join(scenarios.report(tmp_path, study.load_study(runs)))
+    assert "| method | equal speed | 2x straggler |" in text
+    # LocalSGD at equal speed: BLEU 18 and 19 on the two seeds
+    assert "| LocalSGD | 18.50 ± 0.50 | 16.00 ± 0.00 |" in text
+    # the fast model alone suffers no fault: its one line stands in every column
+    assert "| the fast model alone | 14.00 ± 0.00 | 14.00 ± 0.00 |" in text
+    assert "| codistillation (never waits) | 15.00 ± 0.00 | 15.50 ± 0.50 |" in text
+
+
+def test_goodput_is_the_pace_over_the_same_models_at_equal_speed(runs, tmp_path):
+    lines = scenarios.Lines(study.load_study(runs))
+    rows = {(r.split(" | ")[0].strip("| "), r.split(" | ")[1]): r.split(" | ")
+            for r in scenarios.details(lines, "straggler")[2:]}
+    # synchronous LocalSGD: 120 updates in 100 s against 200: 0.60 for both models
+    assert rows[("lsgd-slow", "model0")][5] == "0.60 ± 0.00"
+    # async: the fast model 190/200, the slowed one 100/200
+    assert rows[("lsgd-async-slow", "model0")][5] == "0.95 ± 0.00"
+    assert rows[("lsgd-async-slow", "model1 (faulty)")][5] == "0.50 ± 0.00"
+    # codistillation: 147/150 = 0.98, and the updates it reached
+    assert rows[("codi-slow", "model0")][5] == "0.98 ± 0.00"
+    assert rows[("codi-slow", "model0")][4] == "147 ± 0"
+
+
+def test_verdicts_name_the_measure_and_use_the_spread(runs, tmp_path):
+    verdicts = "\n".join(scenarios.verdicts(scenarios.Lines(study.load_study(runs))))
+    # straggler: codistillation 15.5 ± 0.5 against async LocalSGD's 16.5: -1.0, not beyond
+    # codistillation's spread 1.0, so level; at equal speed -2.0 with no spread: worse
+    assert ("**2x straggler**, codistillation's fast model (BLEU of the last checkpoint and validation "
+            "NLL at W) against the best asynchronous averaging (LocalSGD, asynchronous): BLEU level "
+            "(-1.00, spread 1.00, 2 seeds), NLL level (+0.000, spread 0.000, 2 seeds)") in verdicts
+    assert "asynchronous): BLEU worse (-2.00, spread 0.00, 2 seeds)" in verdicts
+    # against the lone model at equal speed: 15 against 14, no spread: better
+    assert "against the fast model alone: BLEU better (+1.00, spread 0.00, 2 seeds)" in verdicts
+
+
+def test_validation_is_placed_at_the_wall_time_of_its_update(runs):
+    series = study.load_study(runs)[0].runs[1][0]  # the fast model alone: 180 updates, NLL 5.3
+    assert scenarios.valid_by_wall(series) == ([50.0, 100.0], [6.3, 5.3])
+
+
+def test_timed_lines_stay_out_of_the_map_and_w_is_the_regimes_wall(runs, tmp_path):
+    text = study.write_study_report(tmp_path / "out", study.load_study(runs))
+    map_part = text.split("## The map")[1]
+    assert "| regime **(regime)** |" in map_part and "lsgd" not in map_part
+    assert (tmp_path / "out" / "study_wall_straggler.png").is_file()
+    assert study.regime_wall(runs / "regime" / "seed1") == 100.0
+
+
+def test_exported_results_regenerate_the_same_page(runs, tmp_path, capsys):
+    assert report.main(["--study", str(runs), "--export", str(tmp_path / "results")]) == 0
+    kept = sorted(p.name for p in (tmp_path / "results").rglob("*") if p.is_file())
+    assert "train.log" not in kept and "train.json" in kept and "launch.json" in kept
+    a = study.write_study_report(tmp_path / "a", study.load_study(runs))
+    b = study.write_study_report(tmp_path / "b", study.load_study(tmp_path / "results"))
+    assert a == b and "Test CPU, bf16 on cpu, torch 2.13.0" in b
+
+
+def test_environment_names_the_cpu_precision_versions_and_commit():
+    env = results.environment(precision="bf16", device="cpu", threads=2)
+    assert env["precision"] == "bf16" and env["threads"] == 2 and env["torch"].startswith("2.")
+    assert env["cpu"] and len(env["commit"].split("-")[0]) == 40 and env["date"].endswith("Z")
