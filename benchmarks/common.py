@@ -1,8 +1,8 @@
 """Shared pieces of the benchmarks: fairseq models built the way fairseq-train builds
 them, a synthetic batch, interleaved timing and the printed figure lines.
 
-Every script prints its results as lines ``ratio <name> = <value>`` (what the README
-table and the smoke test read), preceded by ``time``/``size`` lines with the raw
+Every script prints its results as lines ``ratio <name> = <value>`` (what the tables of
+docs/performance.md and the smoke test read), preceded by ``time``/``size`` lines with the raw
 figures they come from and a ``machine`` line saying where they were measured.
 """
 from __future__ import annotations

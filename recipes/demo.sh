@@ -20,7 +20,7 @@
 set -euo pipefail
 
 DEMO_DIR=${DEMO_DIR:-demo}
-UPDATES=${DEMO_UPDATES:-${UPDATES:-480}}      # of every model (the study's regime, see the README)
+UPDATES=${DEMO_UPDATES:-${UPDATES:-480}}      # of every model (the study's regime: docs/study-method.md)
 THREADS=${DEMO_THREADS:-${THREADS:-2}}        # cores in all
 TOKENS=${DEMO_TOKENS:-${TOKENS:-1024}}        # per batch of one all-reduce worker = one codistilled model
 VALIDATE=${DEMO_VALIDATE:-${VALIDATE:-}}

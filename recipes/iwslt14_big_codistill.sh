@@ -20,8 +20,8 @@ BATCH=${BATCH:-4}                # micro-batches per update of both models toget
 LR=${LR:-5e-4}
 MAX_UPDATE=${MAX_UPDATE:-20000}  # per model, as the all-reduce model
 INTERVAL=${INTERVAL:-300}        # updates between exchanges: half an epoch, as the paper's
-                                 # 2500 on ImageNet; the README's study gained from half
-                                 # an epoch to four
+                                 # 2500 on ImageNet; the study (docs/study-earlier.md)
+                                 # gained from half an epoch to four
 BEAM=${BEAM:-5}
 LENPEN=${LENPEN:-1.0}
 

@@ -37,7 +37,8 @@ FP16=${FP16:-$(( NGPU > 0 ))}         # Ott et al. train in fp16; not on the CPU
 SEED=${SEED:-1}
 LOG_INTERVAL=${LOG_INTERVAL:-100}
 ALPHA=${ALPHA:-0.1}                   # initial alpha (the paper's is unreported); 0.1 x1.1 beat a
-                                      # lone model in the README's study, 1.0 held both back
+                                      # lone model in the study (docs/study-earlier.md), 1.0 held
+                                      # both back
 GAMMA=${GAMMA:-1.1}                   # alpha x GAMMA every epoch (the paper's NMT schedule)
 ALPHA_MAX=${ALPHA_MAX:-}              # optional cap on alpha
 CODISTILL_DIR=${CODISTILL_DIR:-}      # exchange directory, on a filesystem all jobs see
