@@ -1,0 +1,83 @@
+"""The documentation stays true to the code: docs/options.md is what options.py generates,
+the README stays short and leads with what a newcomer asks, every relative link resolves,
+and the README's first training command reads the data path data-prep writes."""
+import re
+
+import pytest
+
+from conftest import REPO
+from fairseq_codistill.tools import options_doc
+
+README = REPO / "README.md"
+PAGES = [README, REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
+# Written by another tool than the docs' authors: fairseq-codistill-report writes
+# docs/study.md from results/ (its own tests check that); a link to it may come first.
+GENERATED_ELSEWHERE = {REPO / "docs" / "study.md"}
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def test_options_page_is_what_options_py_generates():
+    committed = (REPO / "docs" / "options.md").read_text()
+    assert committed == options_doc.render(), \
+        "docs/options.md is stale: python -m fairseq_codistill.tools.options_doc --out docs/options.md"
+    assert options_doc.main(["--check", str(REPO / "docs" / "options.md")]) == 0
+
+
+def test_options_page_has_every_option_with_its_default():
+    from fairseq_codistill.options import ALL_OPTIONS
+    page = options_doc.render()
+    for opt in ALL_OPTIONS:
+        assert f"### `{opt.flag}`" in page
+        assert f"| [`{opt.flag}`](#{opt.flag}) | {options_doc.show_default(opt.default)} |" in page
+
+
+def test_readme_is_at_most_300_lines():
+    assert len(README.read_text().splitlines()) <= 300
+
+
+def test_readme_answers_what_install_run_and_whether_within_100_lines():
+    headings = [line.lower() for line in README.read_text().splitlines()[:100] if line.startswith("## ")]
+    for question in (r"what it is", r"install", r"\brun\b", r"should i use"):
+        assert any(re.search(question, h) for h in headings), (question, headings)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation but - and _ dropped, spaces -> -."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page) -> set:
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_resolves(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if file in GENERATED_ELSEWHERE and not file.exists():
+            continue
+        assert file.exists(), f"{page.name}: {target} does not exist"
+        if anchor and file.suffix == ".md":
+            assert anchor in anchors(file), f"{page.name}: {target}: no heading #{anchor}"
+
+
+def test_the_first_training_command_reads_what_prepare_iwslt14_writes():
+    script = (REPO / "data-prep" / "prepare-iwslt14.sh").read_text()
+    out = re.search(r'^OUT=\$\{OUT:-([^}]+)\}', script, re.M).group(1)
+    data = re.search(r'DATA=\$OUT(/\S*?)"?$', script, re.M).group(1)
+    written = out + data  # data-bin/iwslt14.de-en/bin
+
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines)
+                 if re.match(r"\s+(fairseq-codistill-launch|fairseq-train) ", line))
+    command = []
+    for line in lines[start:]:
+        command.append(line)
+        if not line.rstrip().endswith("\\"):
+            break
+    paths = [tok for tok in " ".join(command).split() if tok.startswith("data-bin/")]
+    assert paths == [written], (paths, written)
