@@ -30,7 +30,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from fairseq_codistill import options as opts
-from fairseq_codistill.exchange.averaging import WeightAveraging
+from fairseq_codistill.exchange.averaging import WeightAveraging, weight_shapes
 from fairseq_codistill.exchange.peers import AVERAGING_METHODS, Exchange, PeerExchange, check_exchange_dir
 from fairseq_codistill.core.loss import AlphaSchedule, peers_penalty
 
@@ -76,7 +76,10 @@ class Codistillation:
             self.weights = weights or (lambda: model_weights(model))
             self.epoch, self.num_updates, self.num_lr_decays = 1, 0, 0
             if exchange_cfg.method in AVERAGING_METHODS:
-                self.exchange: Exchange = WeightAveraging(exchange_cfg, meta=meta, group=group)
+                # the names and shapes averaged go into the lease: models of another
+                # architecture are refused before training
+                self.exchange: Exchange = WeightAveraging(exchange_cfg, meta=meta, group=group,
+                                                          shapes=weight_shapes(self.weights()))
             else:
                 self.exchange = PeerExchange(
                     exchange_cfg, build_peer=build_peer or (lambda _: copy.deepcopy(model)),
@@ -138,7 +141,7 @@ class Codistillation:
     # -- what to log and to keep -------------------------------------------------------
     def metrics(self) -> Dict[str, float]:
         """alpha and num_peers, and the exchange's: codistill_bytes, peer_staleness (or,
-        averaging, averaged_models and average_wait)."""
+        averaging, averaged_models, average_wait and, async, average_staleness)."""
         out = {} if self.averages else {"alpha": self.alpha, "num_peers": float(len(self.peers()))}
         return {**out, **self.exchange.metrics()}
 

@@ -37,11 +37,16 @@ class Option:
 
     def field(self, extra_help: str = ""):
         """The field of a fairseq dataclass (annotate it with ``self.type``, or with
-        ``ChoiceEnum(self.choices)``)."""
+        ``ChoiceEnum(self.choices)``; a ``bool`` field defaulting to False is fairseq's
+        ``store_true`` flag)."""
         return dataclasses.field(default=self.default, metadata={"help": self.help + extra_help})
 
     def add_to(self, parser, extra_help: str = "") -> None:
-        """The same option in an argparse parser or group."""
+        """The same option in an argparse parser or group (a ``bool``: a switch, as in fairseq)."""
+        if self.type is bool:
+            parser.add_argument(self.flag, action="store_true", default=self.default,
+                                help=self.help + extra_help)
+            return
         parser.add_argument(self.flag, type=self.type, default=self.default,
                             choices=self.choices, help=self.help + extra_help)
 
@@ -60,15 +65,15 @@ TOPOLOGY = Option("codistill_topology", str, "all", "all: distil from every othe
                   "whatever n", choices=TOPOLOGIES)
 INTERVAL = Option("codistill_interval", int, 2500, "updates between publishing our snapshot and "
                   "re-reading the peers'; 2500 is the paper's ImageNet value, robust to 2-4x "
-                  "either way; in the README's study, half an epoch to four epochs all ended "
-                  "below the lone model")
+                  "either way; in the study (docs/study.md), half an epoch to four epochs all "
+                  "ended below the lone model")
 SNAPSHOT_DTYPE = Option(
     "codistill_snapshot_dtype", str, "fp16",
     "dtype of published weights, cast to the peer's dtype on load. fp16: half the bytes of "
     "fp32, logits within 1e-6 of an fp32 peer's. int8: weight matrices quantised per output "
     "channel, every other tensor fp16, a quarter of fp32's bytes; it moves the peer's logits "
-    "by 0.006 (relative L2) and the penalty by 2e-5, and left validation NLL unchanged in the "
-    "README's study (+0.002 over 4 models, spread 0.04). Worth it where the exchange crosses "
+    "by 0.006 (relative L2) and the penalty by 2e-5, and left validation NLL unchanged within "
+    "the spread of seeds (measured in docs/study.md). Worth it where the exchange crosses "
     "a slow or paid link (an object store between clusters); on a shared filesystem fp16 "
     "costs less time: int8 quantises on the writer thread",
     choices=tuple(SNAPSHOT_DTYPES))
@@ -76,9 +81,9 @@ PEER_DTYPE = Option(
     "codistill_peer_dtype", str, "auto",
     "dtype the peers run their forward in; their logits are compared in fp32. same: the "
     "model's; auto: bf16 where it is fast (a CPU with AMX-BF16 or AVX512-BF16, a GPU that "
-    "supports bf16), else same. Measured on a CPU with AMX: a bf16 peer's forward costs "
-    "0.25x an fp32 one (update overhead 1.075 against 1.36), its penalty is within 1e-4 and "
-    "its gradient within 1 part in 100 of an fp32 peer's (README, Performance)",
+    "supports bf16), else same. On a CPU with AMX a bf16 peer's forward costs a fraction of "
+    "an fp32 one, and its penalty and gradient stay close to an fp32 peer's (measured in "
+    "docs/performance.md)",
     choices=PEER_DTYPES)
 MAX_STALENESS = Option("codistill_max_staleness", int, 0, "drop a peer whose snapshot is more "
                        "than this many of its updates behind ours, until a fresher one appears; "
@@ -87,8 +92,11 @@ WAIT_FOR_PEERS = Option("codistill_wait_for_peers", float, 0.0, "seconds to wait
                         "exchange, for peers that have not published yet (otherwise train at "
                         "alpha 0 until they do); with --codistill-max-lead, the most to wait at "
                         "each exchange; with --codistill-method localsgd or diloco (required "
-                        "there), the most to wait at each averaging step before averaging the "
-                        "models present")
+                        "there, unless --codistill-async), the most to wait at each averaging "
+                        "step before averaging the models present, and at start-up for the "
+                        "other models, to refuse before training one that averages another "
+                        "architecture or interval; with --codistill-async, only that start-up "
+                        "wait (default there: 10 s)")
 MAX_LEAD = Option("codistill_max_lead", int, 0, "at each exchange, wait until every peer has a "
                   "snapshot at most this many updates behind ours (stale-synchronous: bounds "
                   "peer_staleness by lead + interval); a peer that misses "
@@ -101,30 +109,44 @@ METHOD = Option(
     "codistill_ce, and its models may differ in architecture); localsgd, the mean of the "
     "models' weights (Lin et al. 2020); diloco, an outer Nesterov step on the mean of the "
     "models' changes (Douillard et al. 2023). localsgd and diloco wait for every model at "
-    "each averaging step (--codistill-wait-for-peers), start all models from the same "
-    "initial weights, and take any criterion", choices=METHODS)
+    "each averaging step (--codistill-wait-for-peers; with --codistill-async, never), start "
+    "all models from the same initial weights, and take any criterion; their models must "
+    "share one architecture and one --codistill-interval (checked before training)",
+    choices=METHODS)
 OUTER_LR = Option("codistill_outer_lr", float, 0.7, "diloco: learning rate of the outer SGD "
                   "step on the shared weights; 0.7 is DiLoCo's (1 with no momentum is localsgd)")
-OUTER_MOMENTUM = Option("codistill_outer_momentum", float, 0.9, "diloco: Nesterov momentum of "
-                        "the outer SGD step; 0.9 is DiLoCo's")
+OUTER_MOMENTUM = Option(
+    "codistill_outer_momentum", float, 0.5,
+    "diloco: Nesterov momentum of the outer SGD step. 0.5: in the study's short runs from "
+    "scratch (few outer steps) momentum 0.9 failed where 0.5 worked (measured in "
+    "docs/study.md); DiLoCo's paper uses 0.9 over hundreds of outer steps of 500 inner "
+    "steps, and the fairseq task warns when 0.9 or more meets fewer than 100 outer steps")
+ASYNC = Option(
+    "codistill_async", bool, False,
+    "localsgd, diloco: average without waiting (Async Local-SGD, Liu et al. 2024): at each "
+    "of its own --codistill-interval updates a model publishes, then averages with the "
+    "newest snapshot each peer has published, each peer version once (none fresh: it keeps "
+    "its weights); the staleness averaged is logged (average_staleness). A slow or absent "
+    "model never stops the others")
 
 # -- alpha and the penalty (AlphaSchedule and check_penalty check these) ----------------
 ALPHA = Option("codistill_alpha", float, 0.1, "weight of the codistillation penalty (initial "
                "value for the exponential and step schedules); 0 trains plain cross-entropy. "
-               "0.1: in the README's study (3 seeds) it beat the model trained alone; 1.0 held "
-               "both models back (val NLL 8.2-8.4 against 7.8 alone at 200 updates)")
+               "0.1: in the study (docs/study.md, 3 seeds) it beat the model trained alone; 1.0 "
+               "held both models back (measured in docs/study.md)")
 ALPHA_SCHEDULE = Option("codistill_alpha_schedule", str, "exponential", "constant; exponential: "
-                        "alpha * gamma^(epoch-1), the paper's NMT choice and the README study's "
-                        "(against a constant alpha: its claim 4); step: alpha * gamma^(LR decays "
+                        "alpha * gamma^(epoch-1), the paper's NMT choice and the study's "
+                        "(docs/study.md; against a constant alpha: its claim 4); step: alpha * gamma^(LR decays "
                         "so far), for step LR schedules (the paper finds step and constant alike "
                         "on ImageNet)", choices=SCHEDULES)
 GAMMA = Option("codistill_gamma", float, 1.1, "growth factor of the exponential and step "
-               "schedules; 1.1 is the paper's NMT value (1.5 made alpha explode) and the README "
-               "study's")
+               "schedules; 1.1 is the paper's NMT value (1.5 made alpha explode) and the "
+               "study's (docs/study.md)")
 ALPHA_MAX = Option("codistill_alpha_max", float, None, "upper bound on alpha (default: none)")
 BURN_IN_UPDATES = Option("codistill_burn_in_updates", int, 0, "alpha is 0 for this many "
                          "updates; the paper found no benefit at an exchange interval of "
-                         "thousands of updates, and 3 epochs changed nothing in the README's study")
+                         "thousands of updates, and 3 epochs changed nothing in the study "
+                         "(docs/study.md)")
 LOSS = Option("codistill_loss", str, "mse", "mse: mean squared error of the logits (the "
               "paper's choice); kl: KL(peer || own) of the softmaxes, as in Anil et al. / "
               "Zhang et al.", choices=PENALTY_KINDS)
@@ -132,7 +154,7 @@ TEMPERATURE = Option("codistill_temperature", float, 1.0,
                      "softmax temperature of --codistill-loss kl")
 
 EXCHANGE_OPTIONS = (DIR, ID, NUM_MODELS, TOPOLOGY, INTERVAL, SNAPSHOT_DTYPE, PEER_DTYPE,
-                    MAX_STALENESS, WAIT_FOR_PEERS, MAX_LEAD, METHOD, OUTER_LR, OUTER_MOMENTUM)
+                    MAX_STALENESS, WAIT_FOR_PEERS, MAX_LEAD, METHOD, OUTER_LR, OUTER_MOMENTUM, ASYNC)
 PENALTY_OPTIONS = (ALPHA, ALPHA_SCHEDULE, GAMMA, ALPHA_MAX, BURN_IN_UPDATES, LOSS, TEMPERATURE)
 ALL_OPTIONS = EXCHANGE_OPTIONS + PENALTY_OPTIONS
 
@@ -190,6 +212,7 @@ def exchange_config(cfg) -> ExchangeConfig:
         method=str(cfg.codistill_method),
         outer_lr=cfg.codistill_outer_lr,
         outer_momentum=cfg.codistill_outer_momentum,
+        asynchronous=bool(cfg.codistill_async),
     )
 
 

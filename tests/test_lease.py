@@ -228,3 +228,65 @@ def test_a_lease_torn_while_read_is_read_again(tmp_path):
 
     assert leases.read_lease(Torn(inner, failures=1), 0).finished
     assert leases.read_lease(Torn(inner, failures=leases.READ_ATTEMPTS), 0) is None  # stays torn
+
+
+# -- what averaging models must agree on ---------------------------------------------------
+
+SHAPES = {"decoder.fc.weight": [8, 4], "encoder.layers.0.fc1.weight": [4, 4]}
+
+
+@pytest.mark.parametrize("ours, theirs, message", [
+    ({"interval": 10}, {"interval": 15},
+     r"^--codistill-interval 10 disagrees with model 0 \(pid 12345 on another-host\), which "
+     r"trains with --codistill-interval 15 in --codistill-dir "),
+    ({"asynchronous": False}, {"asynchronous": True},
+     r"^--codistill-async off disagrees with model 0 .* --codistill-async on in"),
+    ({"shapes": SHAPES}, {"shapes": {**SHAPES, "encoder.layers.1.fc1.weight": [4, 4]}},
+     r"its encoder\.layers\.1\.fc1\.weight is of shape \(4, 4\) where this model's is absent\. "
+     r"localsgd and diloco need every model of one architecture; --codistill-method distill "),
+    ({"shapes": SHAPES}, {"shapes": {**SHAPES, "decoder.fc.weight": [8, 2]}},
+     r"^--codistill-method localsgd: model 0 .* its decoder\.fc\.weight is of shape \(8, 2\) "
+     r"where this model's is of shape \(8, 4\)"),
+])
+def test_averaging_models_that_disagree_are_named_by_the_flag(store, ours, theirs, message):
+    write_lease(store, **{"method": "localsgd", "interval": 10, "asynchronous": False,
+                          "shapes": SHAPES, **theirs})
+    terms = {"method": "localsgd", "interval": 10, "asynchronous": False, "shapes": SHAPES, **ours}
+    with pytest.raises(ValueError, match=message):
+        leases.acquire(store, 1, 2, "all", **terms)
+    # the refused job left its lease, finished: it blocks no restart, and a model already
+    # running sees the disagreement at its start-up check
+    left = leases.read_lease(store, 1)
+    assert left.finished and left.interval == terms["interval"] and left.shapes == terms["shapes"]
+    leases.acquire(store, 1, 2, "all", **{**terms, **theirs}).release()  # agreeing: welcome
+
+
+def test_a_lease_from_before_the_averaging_fields_is_read_and_not_compared(store):
+    write_lease(store, method="localsgd")  # no interval, asynchronous or shapes
+    old = json.loads(store.read_bytes("model0/lease.json"))
+    for name in ("interval", "asynchronous", "shapes"):
+        del old[name]
+    store.write_bytes("model0/lease.json", json.dumps(old).encode())
+    lease = leases.read_lease(store, 0)
+    assert (lease.interval, lease.asynchronous, lease.shapes) == (None, None, None)
+    leases.acquire(store, 1, 2, "all", method="localsgd", interval=10, asynchronous=True,
+                   shapes=SHAPES).release()
+
+
+def test_the_start_up_check_sees_a_peer_refused_after_this_model_started(store):
+    holder = leases.acquire(store, 0, 2, "all", method="localsgd", interval=10, shapes=SHAPES)
+    try:
+        assert leases.check_peers(store, holder.lease, [1], seconds=0.2) == [1]  # not there yet
+        with pytest.raises(ValueError, match="--codistill-interval 15"):
+            leases.acquire(store, 1, 2, "all", method="localsgd", interval=15, shapes=SHAPES)
+        with pytest.raises(ValueError, match=r"^--codistill-interval 10 disagrees with model 1"):
+            leases.check_peers(store, holder.lease, [1], seconds=0.0)
+    finally:
+        holder.release()
+    # a refused (finished) lease older than this model's start is not this run's: neither
+    # compared nor waited for
+    later = leases.acquire(store, 0, 2, "all", method="localsgd", interval=10, shapes=SHAPES)
+    start = time.monotonic()
+    assert leases.check_peers(store, later.lease, [1], seconds=30.0) == []
+    assert time.monotonic() - start < 10
+    later.release()

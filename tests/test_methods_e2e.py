@@ -1,6 +1,8 @@
 """LocalSGD and DiLoCo end to end: fairseq-train jobs averaging their weights through the
-exchange, against a codistilled pair; a resumed run; the forgotten criterion."""
+exchange, against a codistilled pair; a resumed run; the forgotten criterion; pairs that
+cannot average (two architectures, two intervals) stopped before training."""
 import re
+import time
 
 import pytest
 import torch
@@ -19,10 +21,12 @@ DISTILL = TINY_TRAIN + ["--criterion", "codistill_ce", "--codistill-interval", s
                         "--codistill-max-lead", str(INTERVAL)]
 
 
-def launch(data_bin, run_dir, train_args, max_update, timeout=400):
+def launch(data_bin, run_dir, train_args, max_update, timeout=400, model1=None, check=True):
+    """Two models; ``model1``: fairseq-train arguments for model 1 alone."""
     return run([tool("fairseq-codistill-launch"), "--num-models", "2", "--threads-per-model", "1",
                 "--codistill-dir", run_dir / "x", "--save-dir", run_dir, "--progress-interval", "5",
-                "--", data_bin, *train_args, "--max-update", max_update], timeout=timeout)
+                *(["--model-args", "1", model1] if model1 else []),
+                "--", data_bin, *train_args, "--max-update", max_update], timeout=timeout, check=check)
 
 
 def weights(run_dir, i):
@@ -89,3 +93,28 @@ def test_a_codistilling_job_without_the_criterion_stops_before_training(data_bin
     assert not (tmp_path / "m0" / "checkpoint_last.pt").exists()
     record_figure("bad command lines", "a codistilling fairseq-train job without --criterion",
                   f"exit {proc.returncode} before training, naming --criterion")
+
+
+@pytest.mark.parametrize("model1, says", [
+    ("--encoder-layers 1", ["--codistill-method localsgd: model", "averages weights of another "
+                            "architecture", "encoder.layers.1.", "--codistill-method distill "
+                            "codistills models that differ"]),
+    ("--codistill-interval 15", ["--codistill-interval 1", "disagrees with model"]),
+])
+def test_models_that_cannot_average_both_stop_before_training(data_bin, tmp_path, model1, says):
+    """Before this check a one-layer model averaged the shared half of a two-layer one at
+    every step, and models of intervals 10 and 15 each waited at their first step, then
+    trained alone to the end. The model that starts second is refused as it takes its
+    lease; the first, at its start-up check."""
+    args = AVERAGING + ["--codistill-method", "localsgd", "--codistill-interval", "10"]
+    start = time.monotonic()
+    proc = launch(data_bin, tmp_path, args, 30, timeout=300, model1=model1, check=False)
+    seconds = time.monotonic() - start
+    assert proc.returncode != 0
+    for i in (0, 1):
+        log = (tmp_path / f"model{i}" / "train.log").read_text()
+        error = next(line for line in log.splitlines() if line.startswith("ValueError: "))
+        assert all(s in error for s in says), error
+        assert not json_logs(log) and not (tmp_path / f"model{i}" / "checkpoint_last.pt").exists()
+    record_figure("bad command lines", f"a localsgd pair whose model 1 has {model1}",
+                  f"both exit non-zero before update 1, naming the flag ({seconds:.0f}s)")

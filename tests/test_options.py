@@ -76,3 +76,27 @@ def test_fairseq_train_help_lists_the_peer_dtype():
                 "--task", "codistill_translation", "--criterion", "codistill_ce", "--help"],
                timeout=120)
     assert "--codistill-peer-dtype" in proc.stdout and "{auto,same,bf16,fp16}" in proc.stdout
+
+
+@pytest.mark.parametrize("method, momentum, max_update, warned", [
+    ("diloco", 0.9, 1200, True),  # 12 outer steps of 100: the setting that failed
+    ("diloco", 0.9, 100 * 100, False),  # 100 outer steps
+    ("diloco", 0.5, 1200, False),  # the default
+    ("diloco", 0.9, 0, False),  # no --max-update: the length is unknown
+    ("localsgd", 0.9, 1200, False),
+])
+def test_diloco_momentum_over_few_outer_steps_is_warned_about(method, momentum, max_update,
+                                                              warned, caplog):
+    from fairseq_codistill.fairseq_plugin.task import warn_few_outer_steps
+
+    cfg = opts.defaults(codistill_method=method, codistill_outer_momentum=momentum,
+                        codistill_interval=100)
+    warn_few_outer_steps(cfg, max_update)
+    assert ("--codistill-outer-momentum 0.9 over 12 outer steps" in caplog.text) == warned
+
+
+def test_the_async_switch_parses_in_both_front_ends():
+    assert opts.ASYNC.default is False
+    assert build_parser().parse_args(["--codistill-async"]).codistill_async is True
+    assert build_parser().parse_args([]).codistill_async is False
+    assert fairseq_fields()["codistill_async"].type is bool  # fairseq: store_true

@@ -8,15 +8,17 @@ snapshots of the same update, and averages the n of them:
 - ``localsgd`` (Stich 2018; Lin et al. 2020): its weights become the mean.
 - ``diloco`` (Douillard et al. 2023): with theta the last shared weights, ``theta - mean``
   is the outer gradient, and an outer SGD step with Nesterov momentum (``--codistill-outer-lr``
-  0.7, ``--codistill-outer-momentum`` 0.9, DiLoCo's values) gives the next shared weights,
-  which every model continues from. With outer lr 1 and no momentum it is LocalSGD.
+  0.7, ``--codistill-outer-momentum`` 0.5 by default; DiLoCo's are 0.7 and 0.9) gives the
+  next shared weights, which every model continues from. With outer lr 1 and no momentum
+  it is LocalSGD.
 
 Each model keeps its own (inner) optimizer state. Every model averages the same n
 snapshots, its own as its peers read it, summed in model-id order, so all of them hold
 the same weights afterwards, bit for bit. A model missing at an averaging step is waited
-for once, then left out with a warning until it publishes again. The weights averaged
-are those the optimizer steps: the fp32 master copies under mixed precision (the
-caller hands them over). No fairseq import.
+for once, then left out with a warning until it publishes again. With ``--codistill-async``
+nothing is waited for: each model averages with the newest snapshot each peer has
+published (``WeightAveraging``). The weights averaged are those the optimizer steps: the
+fp32 master copies under mixed precision (the caller hands them over). No fairseq import.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 
+from fairseq_codistill.exchange import lease as leases
 from fairseq_codistill.exchange.peers import Exchange, ExchangeConfig, all_ranks_min, broadcast_from_rank0
 from fairseq_codistill.exchange.quantize import Int8Matrix, quantize_int8, unpack_int8
 from fairseq_codistill.exchange.snapshot import (
@@ -44,7 +47,16 @@ Weights = Dict[str, torch.Tensor]
 Part = Union[torch.Tensor, Int8Matrix]
 Parts = Dict[str, Part]
 POLL_SECONDS = 0.1  # between listings while waiting for the other models
+# --codistill-async without --codistill-wait-for-peers: the most seconds a model looks for
+# its peers' leases at start-up (a peer that started first answers at once)
+ASYNC_START_SECONDS = 10.0
 CHUNK = 1 << 17  # elements of a tensor summed at a time on a CPU: 512 KB of fp32, in L2
+
+
+def weight_shapes(weights: Weights) -> Dict[str, List[int]]:
+    """The fingerprint of what a model averages: each weight's name and shape. Models
+    compare theirs through their leases before training (``lease.check_agrees``)."""
+    return {name: list(t.shape) for name, t in sorted(weights.items())}
 
 
 def _tensor(part: Part) -> torch.Tensor:
@@ -116,7 +128,8 @@ def mean_of(states: List[Parts], device: Optional[torch.device] = None,
 
 class OuterSGD:
     """DiLoCo's outer optimiser over the shared weights theta: SGD with Nesterov momentum
-    stepped on the outer gradient ``theta - mean``. It is ``torch.optim.SGD(nesterov=True)``'s
+    stepped on the outer gradient ``theta - mean`` (DiLoCo's lr 0.7 and momentum 0.9; the
+    default momentum here is 0.5: --codistill-outer-momentum says why). It is ``torch.optim.SGD(nesterov=True)``'s
     update, operation for operation (the same bits: tests/test_averaging.py), written out
     because torch's allocates a model-sized tensor at every step and passes over the
     weights once per operation; here the mean and the step run chunk by chunk in the
@@ -173,28 +186,82 @@ class WeightAveraging(Exchange):
     in place at an averaging step) and ``changed()`` run after they were overwritten (to
     copy fp32 masters into a half-precision model). The ranks of a data-parallel job
     average the same snapshots: rank 0 chooses, every rank reads.
+
+    With ``--codistill-async`` (Async Local-SGD, Liu et al. 2024) nothing waits: at each of
+    its own K-th updates a model publishes, then averages with the newest snapshot each peer
+    has published (localsgd: the mean of its weights and those; diloco: its own outer step,
+    its own theta and momentum, on that mean), and logs each one's staleness (our update
+    minus the peer's). Each peer version is averaged at most once: a model faster than its
+    peer does not pull itself back to the same old point at every step, and with no fresh
+    peer snapshot it keeps its weights (diloco its theta and momentum too, so that its next
+    outer gradient spans every inner step since) and goes on. The versions averaged are
+    kept in the checkpoint: a resumed model does not average again what it averaged before.
+
+    Before its first update a model checks its peers (``_check_peers``): it waits up to
+    --codistill-wait-for-peers (asynchronous without it: ``ASYNC_START_SECONDS``) for a
+    lease of each peer written since its start, or still live, and refuses to train,
+    naming the flag, if one disagrees on the interval, --codistill-async or the weights'
+    names and shapes (``shapes``, the fingerprint; None: not compared). The model that
+    starts second is refused by ``lease.acquire`` and leaves its lease behind for this
+    check, so both stop before training. A peer that starts after that wait is checked by
+    its own start-up only; should a snapshot of another architecture reach the average
+    anyway (a peer whose check never saw our lease: a store outage, a leftover of an
+    earlier run in the same --codistill-dir), it is left out with one error per peer, not
+    a stop: the run may have checkpoints worth more than that peer.
     """
 
-    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None):
-        super().__init__(cfg, meta, group)
+    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None,
+                 shapes: Optional[Dict[str, List[int]]] = None):
+        super().__init__(cfg, meta, group, terms=dict(
+            interval=cfg.interval, asynchronous=cfg.asynchronous, shapes=shapes))
         self.outer: Optional[OuterSGD] = None  # diloco: built at the first step
         self._outer_state: Optional[dict] = None  # from a checkpoint, until then
         self._given_up: Dict[int, int] = {}  # peer -> its newest update when we stopped waiting
         self.last_averaged: List[int] = []  # the models in the last average
+        self.staleness: Dict[int, int] = {}  # of the last average: peer -> our update - its
+        self.averaged_versions: Dict[int, int] = {}  # async: peer -> its newest version averaged
+        self._mismatched: set = set()  # peers whose architecture was reported
+        self._peers_checked = False  # the start-up check (_check_peers)
         self.seconds: Dict[str, float] = {}  # of the last averaging step: wait, read, average
         self._cast: Optional[Weights] = None  # the CPU copy published at the last step
         # (for int8 the quantised payload: its peers average what they read of it)
 
     def step(self, num_updates: int, weights: Callable[[], Weights],
              changed: Callable[[], None] = lambda: None) -> None:
+        if not self._peers_checked:
+            # before the first update: also where a resumed run's first call repeats the
+            # update its checkpoint ended on (which _begin skips)
+            self._check_peers()
         if not self._begin(num_updates):
             return
         if self.cfg.method == "diloco" and self.outer is None:
             self._start_outer(weights())
         self._started = True
         if num_updates > 0 and num_updates % self.cfg.interval == 0:
-            self.average(num_updates, weights())
-            changed()
+            if self.average(num_updates, weights()):
+                changed()
+
+    def _check_peers(self) -> None:
+        """Before the first update: the peers' leases against ours (the class docstring);
+        every rank raises rank 0's ``ValueError``."""
+        error, missing = None, []
+        if self.is_writer:
+            seconds = self.cfg.wait_for_peers or (ASYNC_START_SECONDS if self.cfg.asynchronous else 0.0)
+            try:
+                missing = leases.check_peers(self.store, self.lease.lease, self.peer_ids, seconds)
+            except ValueError as e:
+                error = str(e)
+            if missing:
+                newest = self._newest()
+                for j in missing:  # waited for once, here: not again before it publishes
+                    self._given_up[j] = newest.get(j, -1)
+                logger.info("codistill: no lease of model(s) %s after %.0fs at start-up: "
+                            "training on; a model that starts later with other settings is "
+                            "refused at its start-up", missing, seconds)
+        error = broadcast_from_rank0(error, self.group, self.world)
+        self._peers_checked = True
+        if error is not None:
+            raise ValueError(error)
 
     def _start_outer(self, weights: Weights) -> None:
         """theta: the weights at the first step (the initial weights, which every model
@@ -205,10 +272,34 @@ class WeightAveraging(Exchange):
             self._outer_state = None
 
     # -- one averaging step ----------------------------------------------------------
-    def average(self, num_updates: int, weights: Weights) -> None:
-        """Publish ``weights``, wait for the others' snapshots of ``num_updates``, and
-        overwrite ``weights`` with the average (localsgd) or the outer step (diloco)."""
+    def average(self, num_updates: int, weights: Weights) -> bool:
+        """Publish ``weights``; take the peers' snapshots of ``num_updates`` (waiting for
+        them) or, asynchronous, each peer's newest not averaged before; overwrite
+        ``weights`` with the average (localsgd) or the outer step (diloco). False, the
+        weights untouched, when an asynchronous step finds no fresh snapshot."""
         times = [time.monotonic()]
+        own = self._publish(num_updates, weights)
+        times.append(time.monotonic())
+        versions = self._fresh(num_updates) if self.cfg.asynchronous else \
+            dict.fromkeys(self._wait_for(num_updates), num_updates)
+        times.append(time.monotonic())
+        states = self._read(num_updates, versions, weights)
+        times.append(time.monotonic())
+        self.staleness = {j: num_updates - versions[j] for j in sorted(states)}
+        if self.cfg.asynchronous:
+            self.averaged_versions.update({j: versions[j] for j in states})
+        self.last_averaged = sorted([self.cfg.model_id, *states])
+        if states or not self.cfg.asynchronous:
+            states[self.cfg.model_id] = own
+            self._average_into(weights, [states[j] for j in self.last_averaged])
+        times.append(time.monotonic())
+        self.seconds = {k: b - a for k, a, b in zip(("publish", "wait", "read", "average"), times, times[1:])}
+        self._log_average(num_updates)
+        return len(self.last_averaged) > 1 or not self.cfg.asynchronous
+
+    def _publish(self, num_updates: int, weights: Weights) -> Parts:
+        """Queue the snapshot of ``weights`` (the write runs in the background); returns
+        this model's part of the average: what its peers read of that snapshot."""
         self.wait_for_write()  # the last write's tensors are filled again
         if self.cfg.dtype == "int8":  # quantised here, once: the bits its peers average
             own = self._cast = quantize_int8(weights, out=self._cast)
@@ -217,30 +308,41 @@ class WeightAveraging(Exchange):
         self.last_published = num_updates
         if self.is_writer:
             self._queue_write(num_updates, own)
-        times.append(time.monotonic())
-        present = self._wait_for(num_updates)
-        times.append(time.monotonic())
-        states = self._read(num_updates, present, weights)
-        times.append(time.monotonic())
-        states[self.cfg.model_id] = unpack_int8(own) if self.cfg.dtype == "int8" else own
-        ids = sorted(states)
+        return unpack_int8(own) if self.cfg.dtype == "int8" else own
+
+    def _average_into(self, weights: Weights, models: List[Parts]) -> None:
+        """``weights`` = the mean of ``models`` (localsgd) or the outer step on it (diloco)."""
         # on the model's device: a GPU sums and steps a model in a fraction of a CPU's time
         with torch.no_grad():
             # into the weights themselves (the states are copies: cast_state_dict, snapshots)
-            models, device = [states[j] for j in ids], next(iter(weights.values())).device
+            device = next(iter(weights.values())).device
             new = mean_of(models, device=device, out=weights) if self.outer is None \
                 else self.outer.step(models, out=weights)
             for name, tensor in weights.items():
                 if new[name] is not tensor:  # a weight that is not fp32
                     tensor.copy_(new[name])
-        times.append(time.monotonic())
-        self.last_averaged = ids
-        # publish: the CPU copy in the snapshot dtype (the write runs in the background)
-        self.seconds = {k: b - a for k, a, b in zip(("publish", "wait", "read", "average"), times, times[1:])}
-        logger.info("codistill: averaged models %s at update %d (%s): published %.2fs, waited "
-                    "%.2fs, read %.2fs, %s %.2fs", ids, num_updates, self.cfg.method,
-                    self.seconds["publish"], self.seconds["wait"], self.seconds["read"],
+
+    def _log_average(self, num_updates: int) -> None:
+        if len(self.last_averaged) == 1 and self.cfg.asynchronous:
+            logger.info("codistill: no peer snapshot to average at update %d (async: each peer "
+                        "version is averaged once): weights kept", num_updates)
+            return
+        seen = "" if not self.cfg.asynchronous else ", async: " + ", ".join(
+            f"model {j} at its update {num_updates - s}, staleness {s}" for j, s in self.staleness.items())
+        logger.info("codistill: averaged models %s at update %d (%s%s): published %.2fs, waited "
+                    "%.2fs, read %.2fs, %s %.2fs", self.last_averaged, num_updates, self.cfg.method,
+                    seen, self.seconds["publish"], self.seconds["wait"], self.seconds["read"],
                     "mean" if self.outer is None else "mean and outer step", self.seconds["average"])
+
+    def _fresh(self, num_updates: int) -> Dict[int, int]:
+        """Asynchronous: each peer's newest snapshot in the store, where it is newer than
+        the one averaged before (rank 0 looks, at once; every rank gets its choice)."""
+        fresh: Dict[int, int] = {}
+        if self.rank == 0:
+            newest = self._newest()
+            fresh = {j: u for j, u in newest.items() if u > self.averaged_versions.get(j, -1)}
+            self._warn_missing_peers(num_updates, [j for j in self.peer_ids if newest.get(j, -1) < 0])
+        return {int(j): int(u) for j, u in broadcast_from_rank0(fresh, self.group, self.world).items()}
 
     def _wait_for(self, num_updates: int) -> List[int]:
         """The peers whose snapshot of ``num_updates`` is in the store (rank 0 looks,
@@ -269,6 +371,10 @@ class WeightAveraging(Exchange):
             self._warn_missing_peers(num_updates, [j for j in missing if newest.get(j, -1) < 0])
         return [int(j) for j in broadcast_from_rank0(present, self.group, self.world)]
 
+    def _newest(self) -> Dict[int, int]:
+        """Each peer's newest update in the store (-1: none); {} while it cannot be listed."""
+        return {j: max(v, default=-1) for j, v in self._versions().items()}
+
     def _versions(self) -> Dict[int, List[int]]:
         """The updates of each peer's snapshots in the store; {} while it cannot be listed."""
         try:
@@ -281,15 +387,17 @@ class WeightAveraging(Exchange):
         self._store_answers()
         return out
 
-    def _read(self, num_updates: int, present: List[int], weights: Weights) -> Dict[int, Parts]:
-        """The snapshots of ``present`` that every rank read and can average (int8 ones
-        as read, dequantised as they are summed)."""
+    def _read(self, num_updates: int, versions: Dict[int, int], weights: Weights) -> Dict[int, Parts]:
+        """The snapshots ``versions`` (peer -> its update) that every rank read and can
+        average (int8 ones as read, dequantised as they are summed); one that is pruned,
+        replaced or bad as it is read is left out with a warning."""
         read: Dict[int, Optional[Parts]] = {}
+        present = sorted(versions)
         for j in present:
-            key = snapshot_key(j, num_updates)
+            key = snapshot_key(j, versions[j])
             try:
                 snap = read_snapshot(self.store, key, dequantize=False)
-                if snap.model_id != j or snap.num_updates != num_updates:
+                if snap.model_id != j or snap.num_updates != versions[j]:
                     raise SnapshotError(f"{key} claims to be model {snap.model_id} at update "
                                         f"{snap.num_updates}")
                 parts = unpack_int8(snap.state_dict) if snap.dtype == "int8" else snap.state_dict
@@ -297,27 +405,46 @@ class WeightAveraging(Exchange):
                 read[j] = parts
                 self.bytes_read += snap.nbytes
             except Exception as e:  # SnapshotError, a store that went down ...
-                logger.warning("codistill: leaving model %d out of the average at update %d: %s",
-                               j, num_updates, e)
+                self._leave_out(j, num_updates, e)
                 read[j] = None
         status = all_ranks_min([1 if read[j] is not None else -1 for j in present], self.group,
                           self.world, next(iter(weights.values())).device)
         self.num_loads += sum(s == 1 for s in status)
         return {j: read[j] for j, s in zip(present, status) if s == 1}
 
+    def _leave_out(self, peer_id: int, num_updates: int, error: Exception) -> None:
+        """Say why a peer's snapshot is not averaged: another architecture once per peer
+        (an error: the start-up check should have refused one of the two), the rest each time."""
+        if isinstance(error, ArchitectureMismatch):
+            if peer_id in self._mismatched:
+                return
+            self._mismatched.add(peer_id)
+            logger.error("codistill: leaving model %d out of every average from update %d on "
+                         "(said once): %s", peer_id, num_updates, error)
+            return
+        logger.warning("codistill: leaving model %d out of the average at update %d: %s",
+                       peer_id, num_updates, error)
+
     def metrics(self) -> Dict[str, float]:
         """Also, of the last averaging step: ``averaged_models``, how many were averaged
-        (this one included), and ``average_wait``, the seconds it waited for them."""
+        (this one included), and ``average_wait``, the seconds it waited for them; async,
+        ``average_staleness``, our update minus the peers' snapshots' (mean over those
+        averaged; absent when none was)."""
         if not self.last_averaged:
             return super().metrics()
-        return {**super().metrics(), "averaged_models": len(self.last_averaged),
-                "average_wait": self.seconds["wait"]}
+        out = {**super().metrics(), "averaged_models": len(self.last_averaged),
+               "average_wait": self.seconds["wait"]}
+        if self.cfg.asynchronous and self.staleness:
+            out["average_staleness"] = sum(self.staleness.values()) / len(self.staleness)
+        return out
 
     # -- state -----------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
         if self.outer is not None:
             state["outer"] = self.outer.state_dict()
+        if self.cfg.asynchronous:
+            state["averaged_versions"] = {str(j): v for j, v in self.averaged_versions.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -330,6 +457,7 @@ class WeightAveraging(Exchange):
         # overwrites in place (fairseq copies each new checkpoint onto checkpoint_last.pt).
         self._outer_state = _copied(state.get("outer"))
         self.outer = None
+        self.averaged_versions = {int(j): int(v) for j, v in (state.get("averaged_versions") or {}).items()}
 
     def _never_had_a_peer(self) -> str:
         return "never averaged with another model: it trained alone"
@@ -346,13 +474,17 @@ def _copied(value):
     return value
 
 
+class ArchitectureMismatch(SnapshotError):
+    """A snapshot whose weights differ from ours by name or shape."""
+
+
 def _check_same_weights(key: str, theirs: Parts, ours: Weights) -> None:
     """Averaging needs the same tensors, by name and shape, in every model."""
     for name, tensor in ours.items():
         other = theirs.get(name)
         other = None if other is None else _tensor(other)
         if other is None or other.shape != tensor.shape:
-            raise SnapshotError(
+            raise ArchitectureMismatch(
                 f"{key} has {'no ' + name if other is None else f'{name} of shape {tuple(other.shape)}'}"
                 f" where this model has {tuple(tensor.shape)}: averaging needs models of one "
                 "architecture (--codistill-method distill codistills models that differ)")

@@ -85,7 +85,8 @@ class ExchangeConfig:
     max_lead: int
     method: str = "distill"
     outer_lr: float = 0.7  # diloco's outer SGD
-    outer_momentum: float = 0.9
+    outer_momentum: float = 0.5
+    asynchronous: bool = False  # localsgd, diloco: average with what peers published, no wait
 
     def validate(self, flag_prefix: str = "--codistill-") -> None:
         """Errors name the command-line flag (``--codistill-interval`` ...)."""
@@ -110,16 +111,20 @@ class ExchangeConfig:
         check(self.max_lead == 0 or self.wait_for_peers > 0, "max-lead",
               "needs --codistill-wait-for-peers > 0: the most seconds to wait for a peer")
         check(self.method in METHODS, "method", f"must be one of {METHODS} (got {self.method!r})")
+        check(not self.asynchronous or self.method in AVERAGING_METHODS, "async",
+              f"applies to --codistill-method localsgd or diloco only (got --codistill-method "
+              f"{self.method}, which never waits for its peers anyway)")
         if self.method in AVERAGING_METHODS:
-            check(self.wait_for_peers > 0, "wait-for-peers",
+            check(self.wait_for_peers > 0 or self.asynchronous, "wait-for-peers",
                   f"must be > 0 with --codistill-method {self.method}: the most seconds each "
-                  "averaging step waits for the other models' snapshots (e.g. 600)")
+                  "averaging step waits for the other models' snapshots (e.g. 600), unless "
+                  "--codistill-async, which never waits")
             check(self.topology == "all", "topology",
                   f"{self.topology} applies to --codistill-method distill only: "
                   f"{self.method} averages every model")
             check(self.max_lead == 0 and self.max_staleness == 0,
                   "max-lead" if self.max_lead else "max-staleness",
-                  f"applies to --codistill-method distill only: {self.method} waits for "
+                  f"applies to --codistill-method distill only: {self.method} averages "
                   "every model at each averaging step")
         check(0 < self.outer_lr, "outer-lr", f"must be > 0 (got {self.outer_lr})")
         check(0 <= self.outer_momentum < 1, "outer-momentum",
@@ -149,10 +154,12 @@ class Exchange:
 
     The writer rank holds this model's lease (``fairseq_codistill.exchange.lease``) from
     construction to ``close``; constructing fails, naming the flag, when another live
-    job holds the same id or disagrees on the number of models, the topology or the method.
+    job holds the same id or disagrees on the number of models, the topology or the method
+    (or on the ``terms`` a policy adds to the lease: ``leases.acquire``'s keywords).
     """
 
-    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None):
+    def __init__(self, cfg: ExchangeConfig, meta: Optional[dict] = None, group=None,
+                 terms: Optional[dict] = None):
         cfg.validate()
         self.cfg = cfg
         self.store = open_store(cfg.root)
@@ -174,7 +181,7 @@ class Exchange:
         self._closed = False
         if self.is_writer:
             self.lease = leases.acquire(self.store, cfg.model_id, cfg.num_models, cfg.topology,
-                                        method=cfg.method)
+                                        method=cfg.method, **(terms or {}))
             self.store.clean(model_prefix(cfg.model_id))
         _OPEN.add(self)
 

@@ -47,6 +47,9 @@ logger = logging.getLogger(__name__)
 # counts as one LR decay for --codistill-alpha-schedule step. Step schedules (x0.1,
 # --lr-shrink 0.5) cross it; inverse_sqrt (>= 0.707 per epoch) never does.
 LR_DECAY_RATIO = 0.5
+# DiLoCo's outer momentum 0.9 over fewer outer steps than this gets a warning: in the
+# study's short runs from scratch it failed where 0.5 worked (docs/study.md).
+FEW_OUTER_STEPS = 100
 
 
 @dataclass
@@ -67,6 +70,7 @@ class CodistillTranslationConfig(TranslationConfig):
     codistill_method: ChoiceEnum(opts.METHOD.choices) = opts.METHOD.field()
     codistill_outer_lr: float = opts.OUTER_LR.field()
     codistill_outer_momentum: float = opts.OUTER_MOMENTUM.field()
+    codistill_async: bool = opts.ASYNC.field()
     log_interval: int = II("common.log_interval")
     save_dir: str = II("checkpoint.save_dir")
     restore_file: str = II("checkpoint.restore_file")
@@ -133,10 +137,15 @@ def sync_half_precision_copy(optimizer) -> None:
         optimizer._sync_fp32_params_to_fp16()
 
 
+def _root(cfg) -> Optional[DictConfig]:
+    """fairseq's whole config, of which the task's ``cfg`` is a part (None outside fairseq)."""
+    return cfg._get_root() if isinstance(cfg, DictConfig) else None
+
+
 def check_whole_weights(cfg) -> None:
     """Rank 0 publishes its weights as the model's: with a sharded model they would be one
     shard. Refused before training (gathering the shards for every snapshot is not built)."""
-    root = cfg._get_root() if isinstance(cfg, DictConfig) else None
+    root = _root(cfg)
     backend = root.distributed_training.ddp_backend if root is not None and \
         "distributed_training" in root else None
     if str(backend) == "fully_sharded":
@@ -144,6 +153,27 @@ def check_whole_weights(cfg) -> None:
             "--ddp-backend fully_sharded shards each model's weights over its ranks, and rank 0 "
             "would publish its shard as if it were the whole model: codistilled models train "
             "with --ddp-backend c10d (GPUs) or legacy_ddp (CPUs)")
+
+
+def warn_few_outer_steps(cfg, max_update: int) -> None:
+    """A warning, naming the flag, for DiLoCo's outer momentum (0.9 or more) over fewer
+    than FEW_OUTER_STEPS outer steps (--max-update / --codistill-interval): the setting
+    the study saw fail. Nothing without --max-update (the run's length is unknown)."""
+    if str(cfg.codistill_method) != "diloco" or cfg.codistill_outer_momentum < 0.9 or not max_update:
+        return
+    outer_steps = max_update // cfg.codistill_interval
+    if outer_steps < FEW_OUTER_STEPS:
+        logger.warning(
+            "codistill: --codistill-outer-momentum %g over %d outer steps (--max-update %d / "
+            "--codistill-interval %d): in short runs from scratch outer momentum 0.9 failed "
+            "where 0.5 (the default) worked (docs/study.md); DiLoCo's 0.9 is for hundreds of "
+            "outer steps", cfg.codistill_outer_momentum, outer_steps, max_update,
+            cfg.codistill_interval)
+
+
+def _max_update(cfg) -> int:
+    root = _root(cfg)
+    return int(root.optimization.max_update or 0) if root is not None and "optimization" in root else 0
 
 
 def offset_seed(cfg) -> None:
@@ -159,7 +189,7 @@ def offset_seed(cfg) -> None:
     trainer does the same. Models that average their weights (localsgd, diloco) start
     from the same weights, as in those methods: their initial weights keep seed S.
     """
-    root = cfg._get_root() if isinstance(cfg, DictConfig) else None
+    root = _root(cfg)
     if root is None or "common" not in root:
         logger.warning("codistill: no fairseq config to offset --seed in; give each model its "
                        "own --seed (model i: S + i)")
@@ -193,6 +223,7 @@ class CodistillTranslationTask(TranslationTask):
             exchange_config(cfg).validate()
             check_whole_weights(cfg)
             check_exchange_dir(cfg.codistill_dir)
+            warn_few_outer_steps(cfg, _max_update(cfg))
             offset_seed(cfg)
         allow_fairseq_checkpoints()
         if cfg.restore_file == "checkpoint_last.pt" and distributed_utils.get_global_rank() == 0:
