@@ -53,6 +53,18 @@ def saved_updates(log_text):
     return [int(u) for u in re.findall(r"Saved checkpoint .*? @ (\d+) updates", log_text)]
 
 
+RESTART = "=== fairseq-codistill-launch: restart"
+
+
+def resumed_from(attempt_log):
+    """The update an attempt's checkpoint load resumed it at (0: none found), or None if it
+    never got as far as loading one (killed while starting up)."""
+    loaded = re.search(r"Loaded checkpoint .* @ (\d+) updates", attempt_log)
+    if loaded:
+        return int(loaded.group(1))
+    return 0 if "No existing checkpoint found" in attempt_log else None
+
+
 def kill_at(kind, victim, run_dir, xdir):
     """Wait for the moment ``kind`` in job ``victim`` and SIGKILL it; return what was hit."""
     pid = job_pids(run_dir).get(victim)
@@ -101,13 +113,19 @@ def test_killed_peers_survive_resume_and_never_load_a_torn_snapshot(data_bin, tm
         for k in range(3 * SCALE):
             victim = rng.randrange(3)
             kind = ("publish", "checkpoint", "random")[k % 3]
-            log_before = (run_dir / f"model{victim}" / "train.log").read_text()
+            log = run_dir / f"model{victim}" / "train.log"
+            log_before, pid = log.read_text(), job_pids(run_dir).get(victim)
             hit = kill_at(kind, victim, run_dir, xdir)
             if hit is None:
                 continue  # that job had already finished
             kills.append({"victim": victim, "kind": hit, "saved": max(saved_updates(log_before), default=0)})
-            # wait for the launcher to restart it before the next kill
-            wait_for(lambda: job_pids(run_dir).get(victim) not in (None,), 60, 0.2)
+            restarts = log_before.count(RESTART) + 1
+            # before the next kill, wait until the launcher has restarted it (a new pid in its
+            # state: the old one stays there until it notices) and the restart has loaded its
+            # checkpoint, on a busy machine many seconds later
+            wait_for(lambda: job_pids(run_dir).get(victim) not in (None, pid)
+                     and log.read_text().count(RESTART) >= restarts
+                     and resumed_from(log.read_text().split(RESTART)[restarts]) is not None, 120, 0.2)
             time.sleep(2)
         out = launcher.communicate(timeout=600)[0]
     finally:
@@ -121,15 +139,17 @@ def test_killed_peers_survive_resume_and_never_load_a_torn_snapshot(data_bin, tm
         log = (run_dir / f"model{i}" / "train.log").read_text()
         # a reader that met a damaged file would say so; none may, since files appear whole
         torn_loads += len(re.findall(r"skipping peer snapshot: .*(checksum|complete|truncated|header)", log))
-        attempts = log.split("=== fairseq-codistill-launch: restart")[1:]
+        # the k-th kill of model i caused its k-th restart; it is judged by the first attempt
+        # from then on that got as far as loading a checkpoint (a restart killed again while
+        # starting up loaded nothing, and its successor must load at least as much)
+        resumed = [resumed_from(attempt) for attempt in log.split(RESTART)[1:]]
         mine = [k for k in kills if k["victim"] == i]
-        for attempt, kill in zip(attempts, mine):
-            loaded = re.search(r"Loaded checkpoint .* @ (\d+) updates", attempt)
-            resumed = int(loaded.group(1)) if loaded else 0
-            if resumed < kill["saved"]:
-                lost += 1
-            else:
+        for k, kill in enumerate(mine):
+            loads = [r for r in resumed[k:] if r is not None]
+            if loads and loads[0] >= kill["saved"]:
                 survived += 1
+            else:
+                lost += 1
         assert json_logs(log)[-1]["num_updates"] == 60 + 40 * SCALE
         assert is_complete(run_dir / f"model{i}" / "checkpoint_last.pt")
         # no temp file is left behind in the exchange directory after the restarts
