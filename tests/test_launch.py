@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from fairseq_codistill.tools import launch
 
 
@@ -57,3 +59,98 @@ def test_the_launcher_runs_and_writes_its_state_without_torch(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == "0 []", proc.stdout + proc.stderr
     state = json.loads((tmp_path / "run" / "launch.json").read_text())
     assert {k: v["status"] for k, v in state.items()} == {"model0": "done", "model1": "done"}
+
+
+# -- faults and the lone all-reduce model: refused or built before any job starts -----------
+
+def parse(*flags, models="2", exchange=("--codistill-dir", "x")):
+    return launch.parse_args(["--num-models", models, *exchange, "--save-dir", "s",
+                              "--fairseq-train", "/bin/true", *flags, "--", "DATA",
+                              "--criterion", "codistill_ce", "--max-update", "80"])
+
+
+BAD_FAULTS = [
+    (["--slowdown", "2:2"], "--slowdown 2:2: '2' is not a model id in [0, --num-models=2)"),
+    (["--slowdown=-1:2"], "--slowdown -1:2: '-1' is not a model id"),
+    (["--slowdown", "1:0.5"], "--slowdown 1:0.5: the factor F must be a number >= 1 (got '0.5')"),
+    (["--slowdown", "1:nan"], "--slowdown 1:nan: the factor F must be a number >= 1"),
+    (["--slowdown", "1:inf"], "--slowdown 1:inf: the factor F must be a number >= 1"),
+    (["--slowdown", "1:x"], "--slowdown 1:x: the factor F must be a number"),
+    (["--slowdown", "1"], "--slowdown 1: expected I:F"),
+    (["--slowdown", "1/:2"], "--slowdown 1/:2: expected I:F"),
+    (["--slowdown", "0/1:2"], "--slowdown 0/1:2: rank 1 is not in [0, --ranks-per-model=1)"),
+    (["--ranks-per-model", "2", "--slowdown", "0/2:2"], "--slowdown 0/2:2: rank 2 is not in [0, --ranks-per-model=2)"),
+    (["--slowdown", "1:2", "--slowdown", "1:3"], "--slowdown 1:3: model 1 is slowed twice"),
+    (["--ranks-per-model", "2", "--slowdown", "1:2", "--slowdown", "1/0:3"], "--slowdown 1/0:3: model 1 is slowed twice"),
+    (["--preempt", "2:1:1"], "--preempt 2:1:1: '2' is not a model id in [0, --num-models=2)"),
+    (["--preempt", "1:-1:3"], "--preempt 1:-1:3: AT (seconds after the launch) must be a number >= 0"),
+    (["--preempt", "1:3:0"], "--preempt 1:3:0: FOR (seconds down) must be a number > 0 (got '0')"),
+    (["--preempt", "1:3:-2"], "--preempt 1:3:-2: FOR (seconds down) must be a number > 0"),
+    (["--preempt", "1:30"], "--preempt 1:30: expected I:AT:FOR"),
+    (["--preempt", "1:30:20:5"], "--preempt 1:30:20:5: expected I:AT:FOR"),
+    (["--preempt", "0:10:5", "--preempt", "0:12:1"],
+     "--preempt 0:12:1 comes while model 0 is still down from --preempt 0:10:5 (until 15 s)"),
+]
+
+
+@pytest.mark.parametrize("flags, message", BAD_FAULTS, ids=[" ".join(f) for f, _ in BAD_FAULTS])
+def test_bad_fault_values_are_refused_naming_the_flag(capsys, flags, message):
+    with pytest.raises(SystemExit):
+        parse(*flags)
+    assert message in capsys.readouterr().err
+
+
+def test_faults_are_parsed_per_model_and_rank(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args, train_args = parse("--ranks-per-model", "2", "--slowdown", "0/1:2.5", "--slowdown", "1:3",
+                             "--preempt", "1:30:20", "--preempt", "1:50:5", "--preempt", "0:0:1")
+    assert args.slowdown == {(0, 1): 2.5, (1, None): 3.0}
+    assert args.preempt == {1: [(30.0, 20.0), (50.0, 5.0)], 0: [(0.0, 1.0)]}  # 1:50 may follow 1:30's 20 s
+    jobs = launch.build_jobs(args, train_args)
+    assert [j.slowdown for j in jobs] == [[1.0, 2.5], [3.0, 3.0]]
+    assert [j.slowdown_text() for j in jobs] == ["rank 1 slowed 2.5x", "slowed 3x"]
+    assert [len(j.preempts) for j in jobs] == [1, 2]
+
+
+def test_one_rank_of_a_model_that_fairseq_spawns_on_gpus_cannot_be_slowed(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    args, train_args = parse("--ranks-per-model", "2", "--slowdown", "0/1:2")
+    with pytest.raises(SystemExit, match="--slowdown I/R:F slows a rank this launcher starts"):
+        launch.build_jobs(args, train_args)
+    args, train_args = parse("--ranks-per-model", "2", "--slowdown", "0:2")  # the whole model: fine
+    assert [j.slowdown for j in launch.build_jobs(args, train_args)] == [[2.0], [1.0]]
+
+
+def test_one_model_on_two_ranks_is_all_reduce_without_an_exchange(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args, train_args = parse("--ranks-per-model", "2", models="1", exchange=())
+    [job] = launch.build_jobs(args, train_args)
+    assert job.ranks == 2 and "--codistill-dir" not in job.cmd
+    assert launch.flag_value(job.cmd, "--codistill-num-models") == "1"
+
+
+@pytest.mark.parametrize("flags, models, exchange, message", [
+    ([], "1", (), "--num-models must be >= 2 (got 1), or 1 with --ranks-per-model >= 2"),
+    (["--ranks-per-model", "2"], "1", ("--codistill-dir", "x"),
+     "--codistill-dir x with --num-models 1: a lone model exchanges nothing"),
+    ([], "2", (), "--codistill-dir is required with --num-models 2"),
+    ([], "0", (), "--num-models must be >= 2 (got 0)"),
+])
+def test_num_models_and_codistill_dir_must_agree(capsys, flags, models, exchange, message):
+    with pytest.raises(SystemExit):
+        parse(*flags, models=models, exchange=exchange)
+    assert message in capsys.readouterr().err
+
+
+def test_progress_line_shows_slowdown_and_preemption(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    args, train_args = parse("--slowdown", "1:2", "--preempt", "1:5:20")
+    jobs = launch.build_jobs(args, train_args)
+    launcher = launch.Launcher(args, jobs)
+    jobs[0].returncode = 0
+    jobs[1].down_until = launcher.now() + 20.4
+    jobs[1].preemptions.append({"killed_at": 5.0, "restarted_at": None})
+    assert launcher.progress_line(jobs[0]) == "model0 | done"
+    assert launcher.progress_line(jobs[1]) == "model1 | preempted | slowed 2x | back in 20s"
+    jobs[1].down_until = None
+    assert launcher.progress_line(jobs[1]).endswith("| slowed 2x | preempted 1x")
