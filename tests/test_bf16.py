@@ -61,3 +61,14 @@ def test_fairseq_train_cpu_bf16_trains_in_bf16(data_bin, tmp_path):
     state = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=False)
     # fairseq saves weights as fp32 whatever the training dtype; the config says bf16.
     assert state["cfg"]["common"]["bf16"] is True and state["cfg"]["common"]["tpu"] is False
+
+
+def test_bf16_clears_every_group_that_copied_the_tpu_flag():
+    """With 2 ranks fairseq's distributed_training.tpu would pick its TPU DDP wrapper,
+    which imports torch_xla at the first all-reduce."""
+    cfg = OmegaConf.create({"common": {"cpu": True, "bf16": True, "tpu": True},
+                            "distributed_training": {"distributed_world_size": 2, "tpu": True},
+                            "optimizer": {"_name": "adam", "tpu": True}, "task": {"data": "x"}})
+    assert bf16.clear_implied_tpu(cfg) is True
+    assert not cfg.common.tpu and not cfg.distributed_training.tpu and not cfg.optimizer.tpu
+    assert "tpu" not in cfg.task

@@ -30,10 +30,15 @@ def clear_implied_tpu(cfg) -> bool:
     if isinstance(common, argparse.Namespace):
         common.tpu = False
     else:
-        from omegaconf import open_dict
+        from omegaconf import DictConfig, open_dict
 
-        with open_dict(common):
-            common.tpu = False
+        # every group that copied the flag: with 2 ranks distributed_training.tpu picks
+        # fairseq's TPU DDP wrapper, which imports torch_xla at the first all-reduce
+        groups = [common] + [g for g in (cfg.get(k) for k in cfg) if isinstance(g, DictConfig)
+                             and g is not common and g.get("tpu", False)]
+        for group in groups:
+            with open_dict(group):
+                group.tpu = False
     logger.info("codistill: --bf16 without torch_xla: training bf16 on the %s (fairseq's "
                 "--bf16 implies --tpu, cleared)", "CPU" if getattr(common, "cpu", False) else "GPU")
     return True
