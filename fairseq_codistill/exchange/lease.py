@@ -329,8 +329,10 @@ def check_peers(store: Store, ours: Lease, peer_ids: List[int], seconds: float,
             if other is not None and (other.live() or other.heartbeat >= ours.started):
                 check_agrees(ours, other, store.url)
                 checked.add(j)
-            elif other is not None and other.finished:
-                checked.add(j)  # it ended before this job started: nothing to wait for
+            elif other is not None:
+                # it ended (finished, or died without marking its lease) before this job
+                # started: nothing to wait for
+                checked.add(j)
         missing = [j for j in peer_ids if j not in checked]
         if not missing or time.monotonic() >= deadline:
             return missing
