@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One call on a machine with one CUDA GPU, torch and fairseq: the figures of the README's
-# Performance table that need a GPU, in under 8 minutes (about 6 on an A100/H100).
+# One call on a machine with one CUDA GPU, torch and fairseq: the figures of docs/performance.md
+# that need a GPU, in under 8 minutes (about 6 on an A100/H100).
 #
 #   bash benchmarks/gpu_check.sh                      # from the repository root
 #   DEVICE=cpu bash benchmarks/gpu_check.sh           # the same steps at smoke sizes (tests;

@@ -36,16 +36,30 @@ LR=${LR:-2e-3}
 METHOD=${METHOD:-distill}
 # Codistillation: alpha0 x GAMMA per epoch, snapshots every INTERVAL updates, alpha 0 for
 # the first BURN_IN updates, the MSE of logits (LOSS=kl: KL), snapshots in SNAPSHOT
-# (recipes/study.sh measured these; see the README's study).
+# (recipes/study.sh measured these: docs/study.md, docs/study-earlier.md).
 ALPHA=${ALPHA:-0.1}
 GAMMA=${GAMMA:-1.1}
 INTERVAL=${INTERVAL:-40}
 BURN_IN=${BURN_IN:-0}
 LOSS=${LOSS:-mse}
 SNAPSHOT=${SNAPSHOT:-fp16}
-# DiLoCo's outer SGD: DiLoCo's values (the task's defaults)
+# DiLoCo's outer SGD: the task's defaults (momentum 0.5: DiLoCo's 0.9 fails with few outer steps)
 OUTER_LR=${OUTER_LR:-0.7}
-OUTER_MOMENTUM=${OUTER_MOMENTUM:-0.9}
+OUTER_MOMENTUM=${OUTER_MOMENTUM:-0.5}
+# LocalSGD and DiLoCo: 1 averages with the newest snapshot of each peer without waiting
+# (--codistill-async), 0 waits for every model at each averaging step.
+ASYNC=${ASYNC:-0}
+# Equal wall time: BUDGET seconds of training per model (fairseq's --stop-time-hours; the
+# updates then run to whatever the budget allows, the schedule still follows UPDATES).
+BUDGET=${BUDGET:-}
+# Faults of model 1 (of the all-reduce job's rank 1), as fairseq-codistill-launch runs them:
+# SLOWDOWN=F, F times slower throughout; PREEMPT=AT:FOR, killed AT seconds after its start
+# and back FOR seconds later from its checkpoint_last.pt.
+SLOWDOWN=${SLOWDOWN:-}
+PREEMPT=${PREEMPT:-}
+# All-reduce: 1 runs it as its one-process equivalent (--update-freq 2); 2 as a real job of
+# 2 gloo ranks under fairseq-codistill-launch, whose pace (and a slowed rank's) is measured.
+RANKS=${RANKS:-1}
 PEER_LAYERS=${PEER_LAYERS:-}             # model 1 of a pair with this many layers (default LAYERS)
 DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visible GPU
 # auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16, a GPU with
@@ -107,7 +121,7 @@ train_args() {
         "${MODEL_ARGS[@]}"
         --optimizer adam --adam-betas "(0.9, 0.98)"
         --lr "$LR" --lr-scheduler inverse_sqrt --warmup-updates "$(( UPDATES / 8 > 1 ? UPDATES / 8 : 1 ))"
-        --max-update "$UPDATES" --max-tokens "$TOKENS"
+        --max-tokens "$TOKENS"
         --validate-interval-updates "$VALIDATE" --validate-interval 1000000
         --log-format json --log-interval "$(( VALIDATE / 2 > 1 ? VALIDATE / 2 : 1 ))" --no-progress-bar
         --num-workers 0 --seed "$seed"
@@ -115,6 +129,12 @@ train_args() {
         --task codistill_translation
         --user-dir "$PLUGIN"
     )
+    if [[ -n "$BUDGET" ]]; then  # the budget ends the run, wherever it has got to
+        TRAIN_ARGS+=(--max-update "$(( 8 * UPDATES ))"
+                     --stop-time-hours "$("$PYTHON" -c "print(round($BUDGET / 3600, 6))")")
+    else
+        TRAIN_ARGS+=(--max-update "$UPDATES")
+    fi
     if [[ "$SAVE" != 1 ]]; then
         TRAIN_ARGS+=(--no-save)
     elif [[ "$SAVE_BEST" == 1 ]]; then
@@ -132,19 +152,23 @@ train_args() {
 }
 
 # A run is done when DIR/done records the same settings; otherwise it starts afresh.
-settings() { printf '%s ' "$@" "$UPDATES" "$TOKENS" "$LR" "$DATA" "$PRECISION" "$DEVICE" "$LAYERS" "$DIM" "save=$SAVE$SAVE_BEST"; }
+settings() {
+    printf '%s ' "$@" "$UPDATES" "$TOKENS" "$LR" "$DATA" "$PRECISION" "$DEVICE" "$LAYERS" "$DIM" "save=$SAVE$SAVE_BEST"
+    # the scenario's knobs, where set
+    if [[ -n "$BUDGET$SLOWDOWN$PREEMPT" || "$RANKS" != 1 ]]; then
+        printf '%s ' "budget=$BUDGET" "slowdown=$SLOWDOWN" "preempt=$PREEMPT" "ranks=$RANKS"
+    fi
+}
 # A pair's settings: those of every run and what it shares.
 pair_settings() {
     local seed=$1
     if [[ "$METHOD" == distill ]]; then
         settings pair "$seed" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" "$LOSS" \
-            "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS"
+            "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS" "lead=$MAX_LEAD"
     else
-        local outer=()  # in the stamp only when not DiLoCo's defaults: earlier runs stay done
-        if [[ "$METHOD" == diloco && "$OUTER_LR $OUTER_MOMENTUM" != "0.7 0.9" ]]; then
-            outer=("outer=$OUTER_LR,$OUTER_MOMENTUM")
-        fi
-        settings "$METHOD" "$seed" "$DROPOUT" "$INTERVAL" "snapshot=$SNAPSHOT" "${outer[@]}"
+        local outer=()
+        if [[ "$METHOD" == diloco ]]; then outer=("outer=$OUTER_LR,$OUTER_MOMENTUM"); fi
+        settings "$METHOD" "$seed" "$DROPOUT" "$INTERVAL" "snapshot=$SNAPSHOT" "${outer[@]}" "async=$ASYNC"
     fi
 }
 is_done() { [[ -f "$1/done" && "$(cat "$1/done")" == "$2" ]]; }
@@ -161,11 +185,37 @@ train_baseline() {
     stamp=$(settings baseline "$seed" "$DROPOUT")
     fresh "$dir" "$stamp" || return 0
     train_args "$seed" "$DROPOUT"
-    OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
-        --codistill-num-models 1 --update-freq 2 \
-        --criterion label_smoothed_cross_entropy --label-smoothing 0.1 \
-        --save-dir "$dir" > "$dir/train.log" 2>&1
+    local allreduce=(--criterion label_smoothed_cross_entropy --label-smoothing 0.1)
+    if [[ "$RANKS" == 1 ]]; then
+        OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
+            "${allreduce[@]}" --codistill-num-models 1 --update-freq 2 --save-dir "$dir" > "$dir/train.log" 2>&1
+    else  # a real job of RANKS gloo ranks, each with one worker's batch
+        local faults=()
+        fault_args "0/$(( RANKS - 1 ))"
+        fairseq-codistill-launch \
+            --num-models 1 --ranks-per-model "$RANKS" --threads-per-model 1 "${faults[@]}" \
+            --save-dir "$dir/job" --fairseq-train "$(command -v "$FAIRSEQ_TRAIN")" \
+            --progress-interval "${PROGRESS_INTERVAL:-600}" \
+            -- "${TRAIN_ARGS[@]}" "${allreduce[@]}" > "$dir/launch.log" 2>&1
+        # one model: its log and checkpoints where a one-process run keeps them
+        mv "$dir/job/model0"/* "$dir/" && mv "$dir/job/launch.json" "$dir/" && rm -rf "$dir/job"
+    fi
     echo "$stamp" > "$dir/done"
+}
+
+# fault_args WHO: FAULTS, the launcher's flags for SLOWDOWN and PREEMPT of WHO (a model id,
+# or MODEL/RANK); the preempted one's budget is shortened by the time it is away, so that it
+# ends near the others in wall time (less the work it lost since its last checkpoint).
+fault_args() {
+    local who=$1
+    faults=()
+    if [[ -n "$SLOWDOWN" ]]; then faults+=(--slowdown "$who:$SLOWDOWN"); fi
+    if [[ -n "$PREEMPT" ]]; then
+        faults+=(--preempt "${who%%/*}:$PREEMPT")
+        if [[ -n "$BUDGET" ]]; then
+            faults+=(--model-args "${who%%/*}" "--stop-time-hours $("$PYTHON" -c "print(round(($BUDGET - ${PREEMPT#*:}) / 3600, 6))")")
+        fi
+    fi
 }
 
 train_control() {
@@ -195,20 +245,25 @@ train_pair() {
     else  # they share weights: any criterion, so the baseline's
         shared=(--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --codistill-method "$METHOD"
                 --codistill-outer-lr "$OUTER_LR" --codistill-outer-momentum "$OUTER_MOMENTUM")
+        if [[ "$ASYNC" == 1 ]]; then shared+=(--codistill-async); fi
     fi
+    local faults=() wait=$WAIT_FOR_PEERS
+    fault_args 1
+    # codistillation that never waits: not even for a peer's first snapshot
+    if [[ "$METHOD" == distill && "$MAX_LEAD" == 0 ]]; then wait=0; fi
     local devices=(--threads-per-model "$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))")
     if [[ "$DEVICE" == cuda ]]; then devices=(--share-gpus); fi
     if [[ -n "$PEER_LAYERS" ]]; then  # a heterogeneous pair: model 1 of another depth
         devices+=(--model-args 1 "--encoder-layers $PEER_LAYERS --decoder-layers $PEER_LAYERS")
     fi
     fairseq-codistill-launch \
-        --num-models 2 "${devices[@]}" \
+        --num-models 2 "${devices[@]}" "${faults[@]}" \
         --codistill-dir "$dir/exchange" --save-dir "$dir" \
         --fairseq-train "$(command -v "$FAIRSEQ_TRAIN")" \
         --progress-interval "${PROGRESS_INTERVAL:-600}" \
         -- "${TRAIN_ARGS[@]}" "${shared[@]}" \
         --codistill-interval "$INTERVAL" --codistill-snapshot-dtype "$SNAPSHOT" \
-        --codistill-wait-for-peers "$WAIT_FOR_PEERS" \
+        --codistill-wait-for-peers "$wait" \
         > "$dir/launch.log" 2>&1
     rm -rf "$dir/exchange"
     echo "$stamp" > "$dir/done"

@@ -24,17 +24,24 @@
 # --study writes STUDY_DIR/report/study.md: mean and spread over seeds, the claims in NLL
 # and in BLEU, and the methods side by side.
 #
-#   bash recipes/study.sh                        # the whole map, in GRID's order (README: wall time)
-#   GRID_LINES="baseline control diloco-k40" bash recipes/study.sh   # some lines only
+#   bash recipes/study.sh                        # the whole map, in GRID's order
+#   GRID_LINES="baseline control diloco-k40-m0.9" bash recipes/study.sh   # some lines only
 #   SEEDS="1 2" bash recipes/study.sh            # fewer seeds
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
+#   SCENARIOS=1 bash recipes/study.sh            # equal wall time: a straggler, a preemption
+#
+# The scenarios (GRID_SCENARIOS below) train every method for the same wall-clock budget
+# (budget=W: the regime's pair's wall time on the same seed, run first; fairseq's
+# --stop-time-hours) with model 1 slowed (slowdown=F) or preempted (preempt=AT:FOR, in
+# seconds or multiples of W), each line alone on the machine, seed by seed. More settings:
+# async=1 (LocalSGD, DiLoCo: --codistill-async), max_lead=0 (codistillation never waits),
+# ranks=2 (all-reduce as a real 2-rank job under fairseq-codistill-launch).
 #
 # Finished runs are skipped when the script runs again with the same settings. Every knob of
 # recipes/gettext_common.sh (LANG_PAIR, LR, PRECISION ...) applies; fairseq's logs are
 # STUDY_DIR/runs/NAME/seed*/{train.log,model*/train.log}.
 set -euo pipefail
 
-STUDY_DIR=${STUDY_DIR:-study}
 SEEDS=${SEEDS:-1 2 3}
 # Processes at once: one single-threaded process per core on a CPU (a pair takes two).
 if [[ "${DEVICE:-cpu}" == cuda ]]; then SLOTS=${SLOTS:-4}; else SLOTS=${SLOTS:-$(nproc)}; fi
@@ -46,7 +53,7 @@ baseline                    baseline
 control                     control
 codistill-a0.1-k40          codistill
 localsgd-k40                localsgd
-diloco-k40                  diloco
+diloco-k40-m0.9             diloco     outer_momentum=0.9
 diloco-k40-m0.5             diloco     outer_momentum=0.5
 codistill-a0.1-k40-d0       codistill  dropout=0
 codistill-a0.1-k40-d0.05    codistill  dropout=0.05
@@ -81,7 +88,46 @@ codistill-a0.1-k40-burn120  codistill  burn_in=120
 codistill-a0.1-k40-kl       codistill  loss=kl
 codistill-a0.01-k40-kl      codistill  loss=kl alpha=0.01
 "
+# The scenarios (SCENARIOS=1): where codistillation should pay, at equal wall time. The
+# regime's pair first: its wall time for UPDATES updates, on each seed, is the budget W of
+# every other line of that seed. Each method then trains for W at equal speed, with model 1
+# (all-reduce: rank 1 of its 2-rank job) at half speed throughout, and with model 1 (all-reduce:
+# the whole job) killed at 0.375 W and back from its checkpoint a quarter of W later.
+# Codistillation never waits there (max_lead=0); LocalSGD and DiLoCo run synchronous and
+# asynchronous; the fast model alone is the control. Every line has the machine to itself.
+GRID_SCENARIOS="
+codistill-a0.1-k40                codistill
+baseline-r2-W                     baseline   ranks=2 budget=W
+localsgd-k40-W                    localsgd   budget=W
+localsgd-k40-async-W              localsgd   async=1 budget=W
+diloco-k40-m0.5-W                 diloco     budget=W
+diloco-k40-m0.5-async-W           diloco     async=1 budget=W
+codistill-a0.1-k40-lead0-W        codistill  max_lead=0 budget=W
+control-W                         control    budget=W
+baseline-r2-W-slow2               baseline   ranks=2 budget=W slowdown=2
+localsgd-k40-W-slow2              localsgd   budget=W slowdown=2
+localsgd-k40-async-W-slow2        localsgd   async=1 budget=W slowdown=2
+diloco-k40-m0.5-W-slow2           diloco     budget=W slowdown=2
+diloco-k40-m0.5-async-W-slow2     diloco     async=1 budget=W slowdown=2
+codistill-a0.1-k40-lead0-W-slow2  codistill  max_lead=0 budget=W slowdown=2
+baseline-r2-W-pre                 baseline   ranks=2 budget=W preempt=0.375W:0.25W
+localsgd-k40-W-pre                localsgd   budget=W preempt=0.375W:0.25W
+localsgd-k40-async-W-pre          localsgd   async=1 budget=W preempt=0.375W:0.25W
+diloco-k40-m0.5-W-pre             diloco     budget=W preempt=0.375W:0.25W
+diloco-k40-m0.5-async-W-pre       diloco     async=1 budget=W preempt=0.375W:0.25W
+codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:0.25W
+"
+SCENARIOS=${SCENARIOS:-0}
+if [[ "$SCENARIOS" == 1 ]]; then
+    GRID=${GRID:-$GRID_SCENARIOS}
+    ORDER=${ORDER:-seeds}
+    STUDY_DIR=${STUDY_DIR:-study-scenarios}
+fi
 GRID=${GRID:-$GRID_DEFAULT}
+STUDY_DIR=${STUDY_DIR:-study}
+# lines: all seeds of a line together (a study stopped early has whole lines); seeds: every
+# line of one seed, then the next (whole seeds: the scenarios compare lines of one seed's W).
+ORDER=${ORDER:-lines}
 GRID_LINES=${GRID_LINES:-}           # names of the lines to run (default: all)
 REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 
@@ -94,8 +140,8 @@ REGIME_UPDATES=$UPDATES REGIME_GAMMA=$GAMMA
 
 say() { printf '[study %dm%02ds] %s\n' $(( (SECONDS - START) / 60 )) $(( (SECONDS - START) % 60 )) "$*"; }
 
-# A small scheduler: schedule SLOTS_NEEDED LABEL CMD... starts CMD in the background once
-# that many slots are free. Failures are counted, not fatal: the other runs go on.
+# A small scheduler: schedule SLOTS_NEEDED THREADS LABEL CMD... starts CMD (with THREADS
+# cores) in the background once that many slots are free. Failures are counted, not fatal: the other runs go on.
 declare -A SLOTS_OF LABEL_OF
 USED=0
 FAILED=0
@@ -111,13 +157,27 @@ reap_one() {
     unset "SLOTS_OF[$pid]" "LABEL_OF[$pid]"
 }
 schedule() {
-    local need=$1 label=$2
-    shift 2
+    local need=$1 threads=$2 label=$3
+    shift 3
     while (( USED > 0 && USED + need > SLOTS )); do reap_one; done
-    THREADS=$need "$@" &
+    THREADS=$threads "$@" &
     SLOTS_OF[$!]=$need
     LABEL_OF[$!]=$label
     USED=$(( USED + need ))
+}
+
+# in_seconds VALUE: seconds, from a number of seconds or a multiple of the scenario's
+# budget W ("W", "0.25W"): the wall time the regime's pair took for its UPDATES updates in
+# this study, on the same seed (its line must come first).
+in_seconds() {
+    local value=$1
+    if [[ "$value" != *W ]]; then echo "$value"; return; fi
+    local factor=${value%W} wall
+    wall=$("$PYTHON" -m fairseq_codistill.tools.study --wall "$RUNS/$REGIME/seed$SEED") || {
+        echo "study: $value: the regime's line ($REGIME) has not run for seed $SEED, so W is unknown" >&2
+        return 1
+    }
+    "$PYTHON" -c "print(round(${factor:-1} * $wall, 1))"
 }
 
 # apply SETTING...: a line's key=value settings as the knobs of gettext_common.sh.
@@ -131,6 +191,9 @@ apply() {
             dropout) DROPOUT=$value ;; updates) UPDATES=$value ;; tokens) TOKENS=$value ;;
             fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
             outer_lr) OUTER_LR=$value ;; outer_momentum) OUTER_MOMENTUM=$value ;;
+            async) ASYNC=$value ;; max_lead) MAX_LEAD=$value ;; ranks) RANKS=$value ;;
+            budget) BUDGET=$(in_seconds "$value") ;; slowdown) SLOWDOWN=$value ;;
+            preempt) PREEMPT="$(in_seconds "${value%%:*}"):$(in_seconds "${value#*:}")" ;;
             *) echo "study: unknown setting '$setting' in GRID" >&2; return 1 ;;
         esac
     done
@@ -141,7 +204,8 @@ apply() {
     derive
 }
 
-# describe DIR NAME KIND SEED: DIR/study.json, what the report groups and compares runs by.
+# describe DIR NAME KIND SEED: DIR/study.json, what the report groups and compares runs by,
+# and where it ran (CPU, precision, versions, commit, date: fairseq_codistill.tools.study).
 describe() {
     local dir=$1 name=$2 kind=$3 seed=$4 regime=false
     [[ "$name" == "$REGIME" ]] && regime=true
@@ -157,6 +221,17 @@ elif "$kind" in ("localsgd", "diloco"):
     meta.update(interval=$INTERVAL, snapshot="$SNAPSHOT")
 if "$kind" == "diloco":
     meta.update(outer_lr=$OUTER_LR, outer_momentum=$OUTER_MOMENTUM)
+if "$kind" in ("localsgd", "diloco") and "$ASYNC" == "1":
+    meta.update(asynchronous=True)
+if "$kind" == "codistill" and "$MAX_LEAD" != "1":
+    meta.update(max_lead=$MAX_LEAD)
+if "$kind" == "baseline" and "$RANKS" != "1":
+    meta.update(ranks=$RANKS)
+for key, value in (("budget", "$BUDGET"), ("slowdown", "$SLOWDOWN"), ("preempt", "$PREEMPT")):
+    if value:
+        meta[key] = float(value) if key != "preempt" else [float(v) for v in value.split(":")]
+from fairseq_codistill.tools.results import environment
+meta["env"] = environment(precision="$PRECISION", device="$DEVICE", threads=$THREADS)
 with open(sys.argv[1] + ".tmp", "w") as f:
     json.dump(meta, f)
 os.replace(sys.argv[1] + ".tmp", sys.argv[1])
@@ -167,6 +242,7 @@ EOF
 run_line() {
     local name=$1 kind=$2 seed=$3 dir=$RUNS/$1/seed$3
     shift 3
+    SEED=$seed
     apply "$@"
     case "$kind" in
         baseline) train_baseline "$dir" "$seed" ;;
@@ -178,12 +254,31 @@ run_line() {
     describe "$dir" "$name" "$kind" "$seed"
 }
 
+# schedule_lines SEEDS: every line of GRID, each with all of SEEDS. A line with a budget
+# (wall-clock time) has the whole machine: its pace is what it measures.
+schedule_lines() {
+    local name kind settings seed need threads
+    while read -r name kind settings; do
+        [[ -n "$name" && "$name" != \#* ]] || continue
+        if [[ -n "$GRID_LINES" && " $GRID_LINES " != *" $name "* ]]; then continue; fi
+        threads=1
+        case "$kind" in codistill | localsgd | diloco) threads=2 ;; esac
+        if [[ " $settings " == *" ranks="* ]]; then threads=2; fi
+        need=$threads
+        if [[ "$SCENARIOS" == 1 ]]; then need=$SLOTS; fi
+        for seed in $1; do
+            # shellcheck disable=SC2086  # the settings are words
+            schedule "$need" "$threads" "$name seed $seed" run_line "$name" "$kind" "$seed" $settings
+        done
+    done <<< "$GRID"
+}
+
 main() {
     command -v "$FAIRSEQ_TRAIN" > /dev/null || {
         echo "study: $FAIRSEQ_TRAIN not found on PATH: run 'make install' and put .venv/bin on PATH" >&2
         exit 1
     }
-    local name kind settings seed need fractions=()
+    local name kind settings fractions=()
     while read -r name kind settings; do
         [[ -n "$name" && "$name" != \#* ]] || continue
         case "$kind" in
@@ -199,16 +294,11 @@ main() {
           prepare_data )
     done
     say "runs: seeds $SEEDS, $PRECISION on $DEVICE, $SLOTS at once; the regime: $UPDATES updates of $TOKENS tokens"
-    while read -r name kind settings; do
-        [[ -n "$name" && "$name" != \#* ]] || continue
-        if [[ -n "$GRID_LINES" && " $GRID_LINES " != *" $name "* ]]; then continue; fi
-        need=1
-        case "$kind" in codistill | localsgd | diloco) need=2 ;; esac
-        for seed in $SEEDS; do
-            # shellcheck disable=SC2086  # the settings are words
-            schedule "$need" "$name seed $seed" run_line "$name" "$kind" "$seed" $settings
-        done
-    done <<< "$GRID"
+    if [[ "$ORDER" == seeds ]]; then
+        for seed in $SEEDS; do schedule_lines "$seed"; done
+    else
+        schedule_lines "$SEEDS"
+    fi
     while (( USED > 0 )); do reap_one; done
     say "all runs finished ($FAILED failed); the report:"
     fairseq-codistill-report --study "$RUNS" --out "$STUDY_DIR/report"

@@ -67,3 +67,47 @@ def test_the_study_trains_evaluates_and_reports_every_kind(tmp_path):
     assert "DiLoCo: diloco-k4" in study and "LocalSGD: localsgd-k4" in study
     assert "## Heterogeneous pairs" in study and "codistill-deep2/model1 (2+2 layers)" in study
     assert "**updates 16**" in study  # the longer run is a setting of its own
+
+
+SCENARIO_GRID = """
+codistill-a0.1-k4          codistill  interval=4
+baseline-r2-W-slow2        baseline   ranks=2 budget=W slowdown=2
+localsgd-k4-async-W-slow2  localsgd   interval=4 async=1 budget=W slowdown=2
+codistill-k4-lead0-W-pre   codistill  interval=4 max_lead=0 budget=W preempt=0.5W:0.25W
+control-W                  control    budget=W
+"""
+
+
+def test_the_scenarios_train_for_the_regimes_wall_time_with_faults(tmp_path):
+    """SCENARIOS=1: the regime's pair first, its wall time W the budget of every other line
+    of the seed; a slowed rank of a real 2-rank all-reduce job, a slowed asynchronous
+    LocalSGD pair, a preempted codistilled pair that never waits; the report's table."""
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
+               LANG_PAIR="xx-en", LOCALE_DIR=str(made_up_catalog(tmp_path / "locale")),
+               VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60", TRAIN_FRACTION="1",
+               UPDATES="8", LAYERS="1", DIM="32", EVAL_BEAM="1", SEEDS="1", STUDY_DIR=str(tmp_path / "study"),
+               GRID=SCENARIO_GRID, REGIME="codistill-a0.1-k4", WAIT_FOR_PEERS="120", SCENARIOS="1")
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = tmp_path / "study" / "runs"
+    from fairseq_codistill.tools import study
+    wall = study.regime_wall(runs / "codistill-a0.1-k4" / "seed1")
+    meta = {line.split()[0]: json.loads((runs / line.split()[0] / "seed1" / "study.json").read_text())
+            for line in SCENARIO_GRID.strip().splitlines()}
+    assert "budget" not in meta["codistill-a0.1-k4"] and meta["codistill-a0.1-k4"]["env"]["precision"]
+    for name in list(meta)[1:]:
+        assert meta[name]["budget"] == pytest.approx(wall, abs=0.1)
+    assert meta["codistill-k4-lead0-W-pre"]["preempt"] == pytest.approx([0.5 * wall, 0.25 * wall], abs=0.1)
+    assert meta["codistill-k4-lead0-W-pre"]["max_lead"] == 0 and meta["localsgd-k4-async-W-slow2"]["asynchronous"]
+    # the all-reduce job: 2 ranks, rank 1 held stopped about half of its time
+    allreduce = json.loads((runs / "baseline-r2-W-slow2" / "seed1" / "launch.json").read_text())["model0"]
+    assert allreduce["slowed_ranks"] == [1] and allreduce["paused_seconds"] > 0
+    assert "'distributed_world_size': 2" in (runs / "baseline-r2-W-slow2" / "seed1" / "train.log").read_text()
+    assert len(json.loads((runs / "codistill-k4-lead0-W-pre" / "seed1" / "launch.json").read_text())
+               ["model1"]["preemptions"]) == 1
+    text = (tmp_path / "study" / "report" / "study.md").read_text()
+    assert "## Which method? Equal wall time" in text
+    # the fast model alone has no fault: it is the equal-speed column, and stands in every other
+    assert "| method | equal speed | 2x straggler | preemption |" in text and "| the fast model alone |" in text
