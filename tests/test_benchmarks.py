@@ -21,6 +21,8 @@ EXPECTED = {
     "hf_overhead": {"overhead_alpha0", "efficiency"},
     "communication": {"allreduce_over_codistill", "orders_of_magnitude"},
     "memory": {"peer_cost"},
+    "goodput": {"goodput_codistill", "goodput_localsgd_async", "goodput_localsgd_sync",
+                "goodput_allreduce"},
     "peer_precision": {"error_bf16", "grad_error_bf16", "error_fp16", "grad_error_fp16",
                        "error_snapshot_int8", "grad_error_snapshot_int8",
                        "logit_error_snapshot_int8", "payload_int8",
