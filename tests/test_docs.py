@@ -6,12 +6,12 @@ import re
 import pytest
 
 from conftest import REPO
-from fairseq_codistill.tools import options_doc
+from fairseq_codistill.tools import options_doc, study
 
 README = REPO / "README.md"
 PAGES = [README, REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
 # Written by another tool than the docs' authors: fairseq-codistill-report writes
-# docs/study.md from results/ (its own tests check that); a link to it may come first.
+# Generated: its links are checked by regenerating it (below).
 GENERATED_ELSEWHERE = {REPO / "docs" / "study.md"}
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -81,3 +81,14 @@ def test_the_first_training_command_reads_what_prepare_iwslt14_writes():
             break
     paths = [tok for tok in " ".join(command).split() if tok.startswith("data-bin/")]
     assert paths == [written], (paths, written)
+
+
+def test_the_study_page_is_what_the_committed_results_generate(tmp_path):
+    """docs/study.md is fairseq-codistill-report --study results/study --out docs: every
+    number on it comes from a file under results/, and its plots are beside it."""
+    text = study.write_study_report(tmp_path, study.load_study(REPO / "results" / "study"))
+    assert text == (REPO / "docs" / "study.md").read_text(), (
+        "docs/study.md differs from what results/ generates: run "
+        "fairseq-codistill-report --study results/study --out docs")
+    for name in re.findall(r"\]\(([^)]+\.png)\)", text):
+        assert (tmp_path / name).is_file() and (REPO / "docs" / name).is_file(), name
