@@ -347,6 +347,10 @@ def averaging_costs(model, optimizer, dtype: str, root: str, method: str) -> Lis
     cfg = opts.exchange_config(opts.defaults(
         codistill_dir=root, codistill_id=0, codistill_interval=interval, codistill_method=method,
         codistill_snapshot_dtype=dtype, codistill_wait_for_peers=60.0))
+    from fairseq_codistill.exchange import lease
+
+    # model 1's lease, as its job would hold it: the start-up check finds it at once
+    peer = lease.acquire(open_store(root), 1, 2, "all", method=method, interval=interval)
     exchange = WeightAveraging(cfg)
     try:
         weights = trained_weights(model, optimizer)
@@ -362,6 +366,7 @@ def averaging_costs(model, optimizer, dtype: str, root: str, method: str) -> Lis
         return out
     finally:
         exchange.close()
+        peer.release()
 
 
 def exchange_criterion(task, exchange):
