@@ -4,33 +4,29 @@ import json
 
 import pytest
 
+from fairseq_logs import write_eval, write_train_log
+
 from fairseq_codistill.tools import report, results, scenarios, study
 
-T = "2026-12-06 10:00:00 | INFO"
 SETTING = {"lang_pair": "de-en", "updates": 480, "tokens": 1024, "fraction": 0.0625, "layers": 3}
 
 
 def write_model(d, updates, wall, final_nll, bleu):
     """A model that reached ``updates`` in ``wall`` seconds: a training record and a
     validation at half of each, the last validation at the end."""
-    d.mkdir(parents=True, exist_ok=True)
     half = updates // 2
-    lines = [
-        f'{T} | train_inner | {{"nll_loss": "6.0", "num_updates": "{half}", "wall": "{wall / 2}"}}',
-        f'{T} | valid | {{"valid_nll_loss": "{final_nll + 1}", "valid_num_updates": "{half}"}}',
-        f'{T} | train_inner | {{"nll_loss": "5.0", "num_updates": "{updates}", "wall": "{wall - 1}"}}',
-        f'{T} | valid | {{"valid_nll_loss": "{final_nll}", "valid_num_updates": "{updates}"}}',
-        f'{T} | fairseq_cli.train | done training in {wall:.1f} seconds',
-    ]
-    (d / "train.log").write_text("\n".join(lines) + "\n")
-    (d / "eval.json").write_text(json.dumps({"bleu": bleu, "chrf": 2 * bleu}))
-    (d / "eval-best.json").write_text(json.dumps({"bleu": bleu - 1, "chrf": 2 * bleu - 2}))
+    write_train_log(d, [("train_inner", {"nll_loss": 6.0, "num_updates": half, "wall": wall / 2}),
+                        ("valid", {"nll_loss": final_nll + 1, "num_updates": half}),
+                        ("train_inner", {"nll_loss": 5.0, "num_updates": updates, "wall": wall - 1}),
+                        ("valid", {"nll_loss": final_nll, "num_updates": updates})],
+                    done_seconds=wall)
+    write_eval(d, bleu, 2 * bleu, bleu - 1, 2 * bleu - 2)
 
 
-def write_line(runs, name, kind, seed, models, **meta):
+def write_line(runs, name, kind, seed, models, setting=SETTING, **meta):
     run = runs / name / f"seed{seed}"
     run.mkdir(parents=True)
-    (run / "study.json").write_text(json.dumps({**SETTING, "group": name, "kind": kind, "seed": seed,
+    (run / "study.json").write_text(json.dumps({**setting, "group": name, "kind": kind, "seed": seed,
                                                 "env": {"cpu": "Test CPU", "precision": "bf16",
                                                         "device": "cpu", "torch": "2.13.0",
                                                         "fairseq": "0.12.3.1"}, **meta}))
@@ -90,16 +86,65 @@ def test_goodput_is_the_pace_over_the_same_models_at_equal_speed(runs, tmp_path)
     assert rows[("codi-slow", "model0")][4] == "147 ± 0"
 
 
+def rows_of(table):
+    return [[c.strip() for c in r.strip("|").split("|")] for r in table[2:]]
+
+
 def test_verdicts_name_the_measure_and_use_the_spread(runs, tmp_path):
-    verdicts = "\n".join(scenarios.verdicts(scenarios.Lines(study.load_study(runs))))
+    rows = rows_of(scenarios.verdicts(scenarios.Lines(study.load_study(runs))))
     # straggler: codistillation 15.5 ± 0.5 against async LocalSGD's 16.5: -1.0, not beyond
     # codistillation's spread 1.0, so level; at equal speed -2.0 with no spread: worse
-    assert ("**2x straggler**, codistillation's fast model (BLEU of the last checkpoint and validation "
-            "NLL at W) against the best asynchronous averaging (LocalSGD, asynchronous): BLEU level "
-            "(-1.00, spread 1.00, 2 seeds), NLL level (+0.000, spread 0.000, 2 seeds)") in verdicts
-    assert "asynchronous): BLEU worse (-2.00, spread 0.00, 2 seeds)" in verdicts
+    assert ["2x straggler", "the best asynchronous averaging (LocalSGD, asynchronous)",
+            "level (-1.00, spread 1.00)", "level (+0.000, spread 0.000)", "1,2"] in rows
+    assert ["equal speed", "the best asynchronous averaging (LocalSGD, asynchronous)",
+            "worse (-2.00, spread 0.00)", "worse (+0.100, spread 0.000)", "1,2"] in rows
     # against the lone model at equal speed: 15 against 14, no spread: better
-    assert "against the fast model alone: BLEU better (+1.00, spread 0.00, 2 seeds)" in verdicts
+    assert ["equal speed", "the fast model alone", "better (+1.00, spread 0.00)",
+            "better (-0.200, spread 0.000)", "1,2"] in rows
+
+
+def test_lines_of_fewer_seeds_compare_on_the_seeds_both_ran(runs):
+    b = {"budget": 100.0}
+    write_line(runs, "regime", "codistill", 3, [(480, 100, 5.0, 15.0)] * 2, regime=True,
+               alpha=0.1, gamma=1.1, interval=40, peer_layers=3)
+    write_line(runs, "codi-slow", "codistill", 3, [(147, 100, 5.1, 30.0), (75, 100, 5.5, 12.0)],
+               max_lead=0, alpha=0.1, interval=40, peer_layers=3, slowdown=2.0, **b)
+    lines = scenarios.Lines(study.load_study(runs))
+    # codistillation's seed 3 (BLEU 30) is left out against async LocalSGD (seeds 1, 2 only)
+    assert ["2x straggler", "the best asynchronous averaging (LocalSGD, asynchronous)",
+            "level (-1.00, spread 1.00)", "level (+0.000, spread 0.000)", "1,2"] in rows_of(scenarios.verdicts(lines))
+    # the table's cells name their seeds where they are fewer than the table's three
+    table = "\n".join(scenarios.which_method(lines))
+    assert "| codistillation (never waits) | 15.00 ± 0.00 (seeds 1,2) | 20.33 ± 7.50 |" in table
+    # goodput needs the same seed at equal speed: seed 3 has none
+    rows = {r.split(" | ")[0].strip("| ") + r.split(" | ")[1]: r.split(" | ")
+            for r in scenarios.details(lines, "straggler")[2:]}
+    assert rows["codi-slowmodel0"][2] == "1,2,3" and rows["codi-slowmodel0"][5] == "0.98 ± 0.00 (seeds 1,2)"
+
+
+def test_one_seed_gives_the_gap_and_no_verdict(tmp_path):
+    runs = tmp_path / "runs"
+    b = {"budget": 100.0, "slowdown": 2.0}
+    write_line(runs, "codi-slow", "codistill", 1, [(147, 100, 5.1, 14.0)] * 2, max_lead=0, alpha=0.1,
+               interval=40, peer_layers=3, **b)
+    write_line(runs, "lsgd-slow", "localsgd", 1, [(120, 100, 5.2, 16.5)] * 2, interval=40, **b)
+    rows = rows_of(scenarios.verdicts(scenarios.Lines(study.load_study(runs))))
+    assert ["2x straggler", "LocalSGD", "-2.50", "-0.100", "1 (no verdict)"] in rows
+
+
+def test_language_pairs_keep_their_lines_apart(runs, tmp_path):
+    swedish = {**SETTING, "lang_pair": "sv-en"}
+    for seed in (1, 2):
+        write_line(runs / "sv", "codi-slow", "codistill", seed, [(140, 100, 4.0, 25.0 + seed)] * 2,
+                   setting=swedish, max_lead=0, alpha=0.1, interval=40, peer_layers=3,
+                   budget=100.0, slowdown=2.0)
+    groups = study.load_study(runs)
+    assert sorted(len(g.runs) for g in groups if g.name == "codi-slow") == [2, 2]
+    text = "\n".join(scenarios.report(tmp_path, groups))
+    german, swedish_part = text.split("\n### de-en\n")[1].split("\n### sv-en\n")
+    assert "| codistillation (never waits) | 15.00 ± 0.00 | 15.50 ± 0.50 |" in german
+    assert "| codistillation (never waits) | 26.50 ± 0.50 |" in swedish_part
+    assert (tmp_path / "study_wall_sv-en_straggler.png").is_file()
 
 
 def test_validation_is_placed_at_the_wall_time_of_its_update(runs):
@@ -111,7 +156,7 @@ def test_timed_lines_stay_out_of_the_map_and_w_is_the_regimes_wall(runs, tmp_pat
     text = study.write_study_report(tmp_path / "out", study.load_study(runs))
     map_part = text.split("## The map")[1]
     assert "| regime **(regime)** |" in map_part and "lsgd" not in map_part
-    assert (tmp_path / "out" / "study_wall_straggler.png").is_file()
+    assert (tmp_path / "out" / "study_wall_de-en_straggler.png").is_file()
     assert study.regime_wall(runs / "regime" / "seed1") == 100.0
 
 

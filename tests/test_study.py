@@ -3,9 +3,10 @@ import json
 
 import pytest
 
+from fairseq_logs import write_eval, write_train_log
+
 from fairseq_codistill.tools import report, study
 
-T = "2026-12-01 10:00:00 | INFO"
 SETTING = {"lang_pair": "de-en", "updates": 20, "tokens": 1024, "fraction": 0.0625, "layers": 3}
 
 
@@ -17,17 +18,13 @@ def write_run(run_dir, meta, finals, dists, bleus=None, best=9.5):
     dirs = [run_dir] if len(finals) == 1 else [run_dir / f"model{i}" for i in range(len(finals))]
     bleus = bleus or [10.0] * len(finals)
     for d, final, dist, bleu in zip(dirs, finals, dists, bleus):
-        d.mkdir(exist_ok=True)
-        lines = [
-            f'{T} | fairseq_cli.train | num. shared model params: 1,000 (num. trained: 1,000)',
-            f'{T} | train_inner | {{"nll_loss": "6.0", "param_dist": "{dist / 2}", "num_updates": "10", "codistill_bytes": "800"}}',
-            f'{T} | valid | {{"valid_nll_loss": "{best}", "valid_num_updates": "10"}}',
-            f'{T} | train_inner | {{"nll_loss": "4.0", "param_dist": "{dist}", "num_updates": "20", "codistill_bytes": "1600"}}',
-            f'{T} | valid | {{"valid_nll_loss": "{final}", "valid_num_updates": "20"}}',
-        ]
-        (d / "train.log").write_text("\n".join(lines) + "\n")
-        (d / "eval.json").write_text(json.dumps({"bleu": bleu, "chrf": 3 * bleu}))
-        (d / "eval-best.json").write_text(json.dumps({"bleu": bleu + 1, "chrf": 3 * bleu + 3}))
+        write_train_log(d, [("train_inner", {"nll_loss": 6.0, "param_dist": dist / 2, "num_updates": 10,
+                                             "codistill_bytes": 800}),
+                            ("valid", {"nll_loss": best, "num_updates": 10}),
+                            ("train_inner", {"nll_loss": 4.0, "param_dist": dist, "num_updates": 20,
+                                             "codistill_bytes": 1600}),
+                            ("valid", {"nll_loss": final, "num_updates": 20})], params=1000)
+        write_eval(d, bleu, 3 * bleu, bleu + 1, 3 * bleu + 3)
 
 
 def codistill(name, interval=40, gamma=1.1, regime=False, **kw):

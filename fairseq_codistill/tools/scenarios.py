@@ -113,20 +113,20 @@ class Lines:
         return self.by.get(("equal", method_of(group)))
 
 
-def _values(group, figure, model: int = 0) -> List[float]:
+def _by_seed(group, figure, model: int = 0) -> Dict[int, float]:
     """``figure`` of model ``model`` of each seed (the job itself for one model)."""
-    out = []
+    out = {}
     for seed in sorted(group.runs):
         models = group.runs[seed]
         value = figure(models[min(model, len(models) - 1)])
         if value is not None:
-            out.append(value)
+            out[seed] = value
     return out
 
 
-def _goodput(group, reference, model: int) -> List[float]:
+def _goodput(group, reference, model: int) -> Dict[int, float]:
     """Per seed: this model's pace over the same model's in the reference line."""
-    out = []
+    out = {}
     for seed in sorted(group.runs):
         if reference is None or seed not in reference.runs:
             continue
@@ -134,36 +134,48 @@ def _goodput(group, reference, model: int) -> List[float]:
         a = pace(ours[min(model, len(ours) - 1)])
         b = pace(theirs[min(model, len(theirs) - 1)])
         if a and b:
-            out.append(a / b)
+            out[seed] = a / b
     return out
 
 
-def _fmt(values: List[float], digits: int) -> str:
+def _fmt(values: Dict[int, float], digits: int, seeds: Sequence[int] = ()) -> str:
+    """Mean ± half the spread; the seeds it rests on where they are fewer than ``seeds``."""
     if not values:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.fmean(values):.{digits}f} ± {(max(values) - min(values)) / 2:.{digits}f}"
+    v = list(values.values())
+    text = f"{v[0]:.{digits}f}" if len(v) == 1 else \
+        f"{statistics.fmean(v):.{digits}f} ± {(max(v) - min(v)) / 2:.{digits}f}"
+    if len(values) < len(seeds):
+        text += f" (seed{'s' if len(values) > 1 else ''} {','.join(str(s) for s in sorted(values))})"
+    return text
 
 
-def _judge(a: List[float], b: List[float], higher_is_better: bool, digits: int) -> str:
-    """'better', 'worse' or 'level', by the larger of the two spreads (one seed: no spread,
-    so any gap counts and the verdict says it rests on one seed)."""
-    if not a or not b:
-        return "not measured"
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    spread = max(max(a) - min(a), max(b) - min(b))
+def _judge(a: Dict[int, float], b: Dict[int, float], higher_is_better: bool, digits: int) -> str:
+    """The gap a - b on the seeds both lines ran, and 'better', 'worse' or 'level' by the
+    larger of the two spreads there. One seed has no spread, so it gives the gap alone."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "-"
+    x, y = [a[s] for s in seeds], [b[s] for s in seeds]
+    diff = statistics.fmean(x) - statistics.fmean(y)
+    if len(seeds) == 1:
+        return f"{diff:+.{digits}f}"
+    spread = max(max(x) - min(x), max(y) - min(y))
     gain = diff if higher_is_better else -diff
     word = "better" if gain > spread else "worse" if -gain > spread else "level"
-    seeds = f", {min(len(a), len(b))} seed{'s' if min(len(a), len(b)) > 1 else ''}"
-    return f"{word} ({diff:+.{digits}f}, spread {spread:.{digits}f}{seeds})"
+    return f"{word} ({diff:+.{digits}f}, spread {spread:.{digits}f})"
+
+
+def _mean(values: Dict[int, float]) -> float:
+    return statistics.fmean(values.values()) if values else 0.0
 
 
 def which_method(lines: Lines) -> List[str]:
     header = ["method"] + [label for _, label in lines.scenarios]
+    seeds = sorted({s for g in lines.groups for s in g.runs})
     rows = []
     for method, _ in METHODS:
-        cells = [_fmt(_values(g, bleu_last), 2) if (g := lines.get(s, method)) is not None else "-"
+        cells = [_fmt(_by_seed(g, bleu_last), 2, seeds) if (g := lines.get(s, method)) is not None else "-"
                  for s, _ in lines.scenarios]
         if any(c != "-" for c in cells):
             rows.append([method] + cells)
@@ -172,28 +184,29 @@ def which_method(lines: Lines) -> List[str]:
 
 def verdicts(lines: Lines) -> List[str]:
     """Codistillation's fast model against each competitor, per scenario, in BLEU of the
-    last checkpoint at W and in validation NLL at W."""
-    out = []
+    last checkpoint at W and in validation NLL at W, on the seeds both ran: a table."""
+    rows = []
     for scenario, label in lines.scenarios:
         ours = lines.get(scenario, CODISTILL)
         if ours is None:
-            out.append(f"- **{label}**: codistillation not run.")
+            rows.append([label, "(codistillation not run)", "-", "-", "-"])
             continue
         asynchronous = [m for m in ("LocalSGD, asynchronous", "DiLoCo, asynchronous")
                         if lines.get(scenario, m) is not None]
         best_async = max(asynchronous, default=None,
-                         key=lambda m: statistics.fmean(_values(lines.get(scenario, m), bleu_last) or [0]))
-        parts = []
+                         key=lambda m: _mean(_by_seed(lines.get(scenario, m), bleu_last)))
         for rival in [best_async, "all-reduce (2 ranks)", "LocalSGD", "DiLoCo", ALONE]:
             other = lines.get(scenario, rival) if rival else None
             if other is None or (rival in asynchronous and rival != best_async):
                 continue
             name = f"the best asynchronous averaging ({rival})" if rival == best_async else rival
-            parts.append(f"against {name}: BLEU {_judge(_values(ours, bleu_last), _values(other, bleu_last), True, 2)}"
-                         f", NLL {_judge(_values(ours, valid_at_end), _values(other, valid_at_end), False, 3)}")
-        out.append(f"- **{label}**, codistillation's fast model (BLEU of the last checkpoint and "
-                   f"validation NLL at W) " + "; ".join(parts) + ".")
-    return out
+            seeds = sorted(set(ours.runs) & set(other.runs))
+            rows.append([label, name,
+                         _judge(_by_seed(ours, bleu_last), _by_seed(other, bleu_last), True, 2),
+                         _judge(_by_seed(ours, valid_at_end), _by_seed(other, valid_at_end), False, 3),
+                         ",".join(map(str, seeds)) + (" (no verdict)" if len(seeds) == 1 else "")])
+    return _markdown(["scenario", "codistillation's fast model against", "BLEU (last checkpoint)",
+                      "validation NLL", "seeds"], rows)
 
 
 def details(lines: Lines, scenario: str) -> List[str]:
@@ -204,16 +217,17 @@ def details(lines: Lines, scenario: str) -> List[str]:
         g = lines.get(scenario, method)
         if g is None:
             continue
-        budgets = [m["budget"] for _, m in sorted(g.metas.items()) if "budget" in m]
+        seeds = sorted(g.runs)
+        budgets = {s: m["budget"] for s, m in sorted(g.metas.items()) if "budget" in m}
         reference = lines.reference(g)
         for model in range(max(len(r) for r in g.runs.values())):
             rows.append([g.name, "job" if len(next(iter(g.runs.values()))) == 1 else
                          f"model{model}" + (" (faulty)" if model == 1 and scenario != "equal" else ""),
-                         ",".join(str(s) for s in sorted(g.runs)), _fmt(budgets, 0),
-                         _fmt(_values(g, updates_done, model), 0),
-                         _fmt(_goodput(g, reference, model), 2) if g is not reference else "1",
-                         _fmt(_values(g, valid_at_end, model), 3), _fmt(_values(g, bleu_last, model), 2),
-                         _fmt(_values(g, bleu_best, model), 2), _fmt(_values(g, chrf_last, model), 2)])
+                         ",".join(str(s) for s in seeds), _fmt(budgets, 0),
+                         _fmt(_by_seed(g, updates_done, model), 0),
+                         _fmt(_goodput(g, reference, model), 2, seeds) if g is not reference else "1",
+                         _fmt(_by_seed(g, valid_at_end, model), 3), _fmt(_by_seed(g, bleu_last, model), 2),
+                         _fmt(_by_seed(g, bleu_best, model), 2), _fmt(_by_seed(g, chrf_last, model), 2)])
     return _markdown(header, rows)
 
 
@@ -230,7 +244,7 @@ def environments(groups: Sequence) -> List[str]:
             f"{len(dates)} run(s)" for (cpu, precision, device, torch, fairseq), dates in seen.items()]
 
 
-def plot(out: Path, lines: Lines, scenario: str, label: str) -> Optional[str]:
+def plot(out: Path, lines: Lines, scenario: str, label: str, stem: str) -> Optional[str]:
     """Validation NLL against wall seconds, model 0 of every line of ``scenario``, one thin
     line per seed."""
     import matplotlib
@@ -256,7 +270,7 @@ def plot(out: Path, lines: Lines, scenario: str, label: str) -> Optional[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    name = f"study_wall_{scenario}.png"
+    name = f"study_wall_{stem}.png"
     fig.savefig(out / name, dpi=90)
     plt.close(fig)
     return name
@@ -268,24 +282,33 @@ def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
 
 
 def report(out: Path, groups: Sequence) -> List[str]:
-    """The scenarios' section of study.md (nothing when the study has no timed line)."""
-    lines = Lines(groups)
-    if not lines.groups:
+    """The scenarios' section of study.md (nothing when the study has no timed line): one
+    part per language pair (setting), the one with most seeds first."""
+    timed = [g for g in groups if g.timed and method_of(g) is not None]
+    if not timed:
         return []
+    settings = sorted({g.setting for g in timed},
+                      key=lambda st: (-len({s for g in timed if g.setting == st for s in g.runs}), st))
     text = ["## Which method? Equal wall time", "",
             "BLEU of the fast model's last checkpoint at the budget W (model 0; all-reduce is one "
-            "job), mean ± half the spread (max - min) over seeds. W is the wall time the "
-            "regime's codistilled pair takes for its updates at equal speed, measured on each "
-            "seed in the same study run.", ""]
-    text += which_method(lines) + [""]
-    text += ["A result is better or worse only beyond the larger spread of the two lines "
-             "compared, in the measure named:", ""] + verdicts(lines) + [""]
-    for scenario, label in lines.scenarios:
-        text += [f"### {label}", ""] + details(lines, scenario) + [""]
-        name = plot(out, lines, scenario, label)
-        if name:
-            text += [f"![{name}]({name})", ""]
+            "job), mean ± half the spread (max - min) over seeds; a cell names its seeds where "
+            "they are fewer than the table's. W is the wall time the regime's codistilled pair "
+            "takes for its updates at equal speed, measured on each seed in the same study run. "
+            "The second table compares two lines on the seeds both ran, BLEU at W and validation "
+            "NLL at W: the gap (codistillation minus the other; NLL lower is better), and "
+            "better or worse only beyond the larger spread (max - min) of the two there. One seed "
+            "has no spread: its gap is shown, with no verdict.", ""]
+    for setting in settings:
+        lines = Lines([g for g in timed if g.setting == setting])
+        pair = setting[0] or "?"
+        named = pair if sum(st[0] == setting[0] for st in settings) == 1 else "-".join(map(str, setting))
+        text += [f"### {named}", ""] + which_method(lines) + [""] + verdicts(lines) + [""]
+        for scenario, label in lines.scenarios:
+            text += [f"#### {named}, {label}", ""] + details(lines, scenario) + [""]
+            name = plot(out, lines, scenario, f"{named}, {label}", f"{named}_{scenario}")
+            if name:
+                text += [f"![{name}]({name})", ""]
     text += ["Goodput: a model's updates per second over the same model's in the same method's "
              "line at equal speed, on the same seed. Where the lines ran:", ""]
-    text += environments(lines.groups) + [""]
+    text += environments(timed) + [""]
     return text

@@ -153,7 +153,8 @@ def allreduce_bytes(series: Series, workers: int = 2) -> Optional[float]:
 
 # -- loading -----------------------------------------------------------------------------
 def load_study(root: Path) -> List[Group]:
-    groups: Dict[str, Group] = {}
+    # a line's name and setting: the scenarios run lines of one name on each language pair
+    groups: Dict[Tuple[str, tuple], Group] = {}
     for meta_path in sorted(Path(root).rglob("study.json")):
         meta = json.loads(meta_path.read_text())
         if meta.get("kind") not in KINDS:
@@ -164,8 +165,9 @@ def load_study(root: Path) -> List[Group]:
             continue  # a run that has not written its log yet
         if not series:
             continue
-        group = groups.setdefault(meta["group"], Group(
-            meta["group"], meta["kind"], _params(meta), tuple(meta.get(k) for k in SETTING)))
+        setting = tuple(meta.get(k) for k in SETTING)
+        group = groups.setdefault((meta["group"], setting), Group(
+            meta["group"], meta["kind"], _params(meta), setting))
         group.regime = group.regime or bool(meta.get("regime"))
         group.runs[int(meta["seed"])] = series
         group.metas[int(meta["seed"])] = meta
