@@ -23,6 +23,7 @@ setup(
             "fairseq-codistill-launch = fairseq_codistill.tools.launch:main",
             "fairseq-codistill-report = fairseq_codistill.tools.report:main",
             "fairseq-codistill-average = fairseq_codistill.tools.average:main",
+            "fairseq-codistill-teacher = fairseq_codistill.tools.teacher:main",
             "fairseq-codistill-vision = fairseq_codistill.vision.train:main",
         ],
     },
