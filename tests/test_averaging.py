@@ -291,6 +291,27 @@ def test_a_missing_model_is_waited_for_once_then_left_out(tmp_path, caplog):
     assert "model 0 never averaged with another model" in caplog.records[-1].message
 
 
+def test_a_model_that_finished_is_not_waited_for(tmp_path, caplog):
+    """Model 1 ends (its budget ran out) before model 0's next averaging step: model 0 reads
+    its finished lease and averages alone within a few seconds, not --codistill-wait-for-peers."""
+    m0, m1 = linear([1.0, 2.0], 0.0), linear([3.0, -2.0], 1.0)
+    xs = [averaging(tmp_path, 0, wait_for_peers=60.0), averaging(tmp_path, 1, wait_for_peers=60.0)]
+    try:
+        step_both(xs, (m0, m1), 5)
+        assert torch.equal(m0.weight.detach(), torch.tensor([[2.0, 0.0]]))  # the mean of both
+        xs[1].close()
+        with caplog.at_level(logging.WARNING):
+            start = time.monotonic()
+            xs[0].step(10, weights_of(m0))
+            waited = time.monotonic() - start
+        assert waited < 5.0 and xs[0].last_averaged == [0]
+        assert torch.equal(m0.weight.detach(), torch.tensor([[2.0, 0.0]]))  # its own mean
+        assert any("model(s) [1] finished training before update 10" in r.message for r in caplog.records)
+        assert not any("no snapshot of update" in r.message for r in caplog.records)
+    finally:
+        xs[0].close()
+
+
 def test_a_snapshot_of_another_shape_is_left_out_with_one_error(tmp_path, caplog):
     """A snapshot that got past the start-up check (these exchanges have no shapes in
     their leases to compare) is left out, said once per peer, not at every step."""

@@ -389,6 +389,30 @@ def test_wait_for_peers_waits_once_at_the_first_exchange_not_at_update_0(tmp_pat
         x0.close()
 
 
+def test_max_lead_does_not_wait_for_a_peer_that_finished(tmp_path, caplog):
+    """--codistill-max-lead 1: model 0 waits at each exchange for model 1 to catch up, but
+    not once model 1 has ended (its lease is marked finished): it goes on within seconds."""
+    import time
+
+    m0, m1 = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    x0, x1 = make_exchange(tmp_path, 0, wait_for_peers=60.0, max_lead=1), make_exchange(tmp_path, 1)
+    try:
+        x1.step(5, m1)
+        x1.close()  # model 1 ends at update 5, its lease marked finished
+        x0.step(5, m0)  # its snapshot of update 5 is there: no wait
+        with caplog.at_level(logging.INFO):
+            t = time.monotonic()
+            x0.step(10, m0)  # model 1 is 5 updates behind and will never publish again
+            waited = time.monotonic() - t
+        assert waited < 5.0
+        assert any("their leases say they finished" in r.message for r in caplog.records)
+        t = time.monotonic()
+        x0.step(15, m0)  # given up on until it publishes again
+        assert time.monotonic() - t < 1.0
+    finally:
+        x0.close()
+
+
 def test_snapshot_is_a_copy_and_tied_weights_are_stored_once(tmp_path):
     shared = torch.nn.Parameter(torch.randn(64, 32))
     state = {"encoder.embed": shared, "decoder.embed": shared, "decoder.out": shared,

@@ -15,7 +15,8 @@ snapshots of the same update, and averages the n of them:
 Each model keeps its own (inner) optimizer state. Every model averages the same n
 snapshots, its own as its peers read it, summed in model-id order, so all of them hold
 the same weights afterwards, bit for bit. A model missing at an averaging step is waited
-for once, then left out with a warning until it publishes again. With ``--codistill-async``
+for once, then left out with a warning until it publishes again; one whose lease says it
+finished training (it reached its --max-update or --stop-time-hours) is not waited for. With ``--codistill-async``
 nothing is waited for: each model averages with the newest snapshot each peer has
 published (``WeightAveraging``). The weights averaged are those the optimizer steps: the
 fp32 master copies under mixed precision (the caller hands them over). No fairseq import.
@@ -349,25 +350,38 @@ class WeightAveraging(Exchange):
         waiting up to --codistill-wait-for-peers for the others; every rank gets its list)."""
         present: List[int] = []
         if self.rank == 0:
-            deadline = time.monotonic() + self.cfg.wait_for_peers
+            start = time.monotonic()
+            deadline, next_lease_check = start + self.cfg.wait_for_peers, start + leases.POLL_SECONDS
+            ended: List[int] = []  # peers whose lease says they finished: never waited for
             while True:
                 versions = self._versions()
                 newest = {j: max(v, default=-1) for j, v in versions.items()}
                 present = [j for j in self.peer_ids if num_updates in versions.get(j, ())]
-                awaited = [j for j in self.peer_ids if j not in present
+                awaited = [j for j in self.peer_ids if j not in present and j not in ended
                            and self._given_up.get(j) != newest.get(j, -1)]
                 if not awaited or time.monotonic() >= deadline:
                     break
+                if time.monotonic() >= next_lease_check:
+                    ended += self._ended(awaited)
+                    next_lease_check = time.monotonic() + leases.POLL_SECONDS
+                    continue
                 time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             missing = [j for j in self.peer_ids if j not in present]
             if missing:
                 for j in missing:
                     self._given_up[j] = newest.get(j, -1)
-                logger.warning(
-                    "codistill: model(s) %s have no snapshot of update %d after %.0fs: "
-                    "averaging the %d model(s) present; they are not waited for again until "
-                    "they publish (are they running, with --codistill-dir %s?)", missing,
-                    num_updates, self.cfg.wait_for_peers, len(present) + 1, self.store.url)
+                if ended:
+                    logger.warning(
+                        "codistill: model(s) %s finished training before update %d (their "
+                        "leases say so): averaging the %d model(s) present without them",
+                        ended, num_updates, len(present) + 1)
+                if set(missing) - set(ended):
+                    logger.warning(
+                        "codistill: model(s) %s have no snapshot of update %d after %.0fs: "
+                        "averaging the %d model(s) present; they are not waited for again until "
+                        "they publish (are they running, with --codistill-dir %s?)",
+                        [j for j in missing if j not in ended], num_updates,
+                        self.cfg.wait_for_peers, len(present) + 1, self.store.url)
             self._warn_missing_peers(num_updates, [j for j in missing if newest.get(j, -1) < 0])
         return [int(j) for j in broadcast_from_rank0(present, self.group, self.world)]
 

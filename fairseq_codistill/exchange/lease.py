@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 HEARTBEAT = 30.0  # seconds between renewals
 TTL = 120.0  # a lease not renewed for this long is stale: four missed heartbeats
 READ_ATTEMPTS = 3  # reads of a lease that was replaced, or torn, while being read
+POLL_SECONDS = 1.0  # between readings of awaited peers' leases while waiting for their snapshots
 # A store that fails this many times while a job takes its lease stops the job, with a
 # pause of START_RETRY_SECONDS x the attempt between tries (botocore retries each request
 # itself first).
