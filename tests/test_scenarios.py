@@ -84,6 +84,10 @@ def test_goodput_is_the_pace_over_the_same_models_at_equal_speed(runs, tmp_path)
     # codistillation: 147/150 = 0.98, and the updates it reached
     assert rows[("codi-slow", "model0")][5] == "0.98 ± 0.00"
     assert rows[("codi-slow", "model0")][4] == "147 ± 0"
+    # in run: the fast model's pace over twice the straggler's (120/240, 190/200, 147/150)
+    assert [rows[(line, "model0")][6] for line in ("lsgd-slow", "lsgd-async-slow", "codi-slow")] == [
+        "0.50 ± 0.00", "0.95 ± 0.00", "0.98 ± 0.00"]
+    assert rows[("codi-slow", "model1 (faulty)")][6] == "-"
 
 
 def rows_of(table):
@@ -130,6 +134,28 @@ def test_one_seed_gives_the_gap_and_no_verdict(tmp_path):
     write_line(runs, "lsgd-slow", "localsgd", 1, [(120, 100, 5.2, 16.5)] * 2, interval=40, **b)
     rows = rows_of(scenarios.verdicts(scenarios.Lines(study.load_study(runs))))
     assert ["2x straggler", "LocalSGD", "-2.50", "-0.100", "1 (no verdict)"] in rows
+
+
+def test_two_sizes_compare_codistillation_with_two_phase_kd_and_the_small_model_alone(runs, tmp_path):
+    """A pair of a 3- and a 6-layer model is the sizes scenario, as is a kd line (its student
+    alone is model 0); the small model alone is the equal-speed control."""
+    b = {"budget": 100.0}
+    for seed in (1, 2):
+        write_line(runs, "codi-deep6", "codistill", seed, [(150, 100, 4.9, 16.0 + seed), (60, 100, 4.7, 18.0)],
+                   max_lead=0, alpha=0.1, interval=40, peer_layers=6, **b)
+        write_line(runs, "kd-deep6", "kd", seed, [(90, 50, 5.0, 15.0)], peer_layers=6, teacher_share=0.5,
+                   kd_loss="kl", kd_alpha=1.0, interval=40, **b)
+    lines = scenarios.Lines(study.load_study(runs))
+    assert ("sizes", "two model sizes") in lines.scenarios
+    assert "| method | equal speed | 2x straggler | two model sizes |" in "\n".join(scenarios.which_method(lines))
+    rows = rows_of(scenarios.verdicts(lines))
+    # codistilled small model 17.5 ± 0.5 against KD's 15.0: +2.5 beyond the spread 1.0
+    assert ["two model sizes", scenarios.KD, "better (+2.50, spread 1.00)", "better (-0.100, spread 0.000)",
+            "1,2"] in rows
+    assert ["two model sizes", "the fast model alone", "better (+3.50, spread 1.00)",
+            "better (-0.400, spread 0.000)", "1,2"] in rows
+    details = {r.split(" | ")[0].strip("| ") + r.split(" | ")[1]: r for r in scenarios.details(lines, "sizes")[2:]}
+    assert "codi-deep6model1 (big)" in details and "kd-deep6student" in details
 
 
 def test_language_pairs_keep_their_lines_apart(runs, tmp_path):

@@ -5,7 +5,8 @@ method gives the best translation for the same wall time.
 A scenario's line has ``budget`` (seconds, W) in its ``study.json``, and ``slowdown`` (F)
 or ``preempt`` ([AT, FOR] seconds) where a fault is injected into model 1 (rank 1, or the
 whole job, of all-reduce). Model 0 is the fast model: the one a user keeps when a worker
-is slow. Goodput is a model's updates per second divided by the same model's in the same
+is slow. Two model sizes: a pair whose model 1 is deeper (``peer_layers``) and the ``kd``
+line, whose model 0 is a student trained after its teacher. Goodput is a model's updates per second divided by the same model's in the same
 method's line with no fault, on the same seed (``recipes/study.sh`` measures W and then
 every line of a seed in one run, each with the machine to itself).
 """
@@ -24,8 +25,9 @@ METHODS = (("all-reduce (2 ranks)", ("baseline", False, False)),
            ("DiLoCo", ("diloco", False, False)),
            ("DiLoCo, asynchronous", ("diloco", True, False)),
            ("codistillation (never waits)", ("codistill", False, True)),
-           ("the fast model alone", ("control", False, False)))
-CODISTILL, ALONE = METHODS[5][0], METHODS[6][0]
+           ("the fast model alone", ("control", False, False)),
+           ("two-phase KD (the big model, then the small one from it)", ("kd", False, False)))
+CODISTILL, ALONE, KD = METHODS[5][0], METHODS[6][0], METHODS[7][0]
 
 
 def scenario_of(group) -> str:
@@ -34,7 +36,7 @@ def scenario_of(group) -> str:
         return "straggler"
     if meta.get("preempt"):
         return "preemption"
-    if group.heterogeneous:
+    if group.heterogeneous or group.kind == "kd":
         return "sizes"
     return "equal"
 
@@ -138,6 +140,23 @@ def _goodput(group, reference, model: int) -> Dict[int, float]:
     return out
 
 
+def _goodput_in_run(group) -> Dict[int, float]:
+    """Per seed, from the straggler's own run alone: model 0's pace over model 1's pace
+    times its slowdown F. The launcher holds model 1 stopped (F - 1)/F of the time, so F
+    times its pace is the unthrottled pace of a model of the same size on the same machine
+    in the same run: what model 0 would do if nothing held it back. (All-reduce is one job
+    whose ranks meet at every update: it has no second model to measure.)"""
+    out = {}
+    for seed, models in sorted(group.runs.items()):
+        factor = group.metas[seed].get("slowdown")
+        if not factor or len(models) < 2 or group.kind == "kd":
+            continue
+        a, b = pace(models[0]), pace(models[1])
+        if a and b:
+            out[seed] = a / (factor * b)
+    return out
+
+
 def _fmt(values: Dict[int, float], digits: int, seeds: Sequence[int] = ()) -> str:
     """Mean ± half the spread; the seeds it rests on where they are fewer than ``seeds``."""
     if not values:
@@ -195,7 +214,7 @@ def verdicts(lines: Lines) -> List[str]:
                         if lines.get(scenario, m) is not None]
         best_async = max(asynchronous, default=None,
                          key=lambda m: _mean(_by_seed(lines.get(scenario, m), bleu_last)))
-        for rival in [best_async, "all-reduce (2 ranks)", "LocalSGD", "DiLoCo", ALONE]:
+        for rival in [best_async, "all-reduce (2 ranks)", "LocalSGD", "DiLoCo", KD, ALONE]:
             other = lines.get(scenario, rival) if rival else None
             if other is None or (rival in asynchronous and rival != best_async):
                 continue
@@ -210,8 +229,8 @@ def verdicts(lines: Lines) -> List[str]:
 
 
 def details(lines: Lines, scenario: str) -> List[str]:
-    header = ["line", "model", "seeds", "W (s)", "updates at W", "goodput", "val NLL at W",
-              "BLEU", "BLEU (best)", "chrF"]
+    header = ["line", "model", "seeds", "W (s)", "updates at W", "goodput", "goodput (in run)",
+              "val NLL at W", "BLEU", "BLEU (best)", "chrF"]
     rows = []
     for method, _ in METHODS:
         g = lines.get(scenario, method)
@@ -221,11 +240,13 @@ def details(lines: Lines, scenario: str) -> List[str]:
         budgets = {s: m["budget"] for s, m in sorted(g.metas.items()) if "budget" in m}
         reference = lines.reference(g)
         for model in range(max(len(r) for r in g.runs.values())):
-            rows.append([g.name, "job" if len(next(iter(g.runs.values()))) == 1 else
-                         f"model{model}" + (" (faulty)" if model == 1 and scenario != "equal" else ""),
+            rows.append([g.name, ("student" if g.kind == "kd" else "job") if len(next(iter(g.runs.values()))) == 1 else
+                         f"model{model}" + (" (faulty)" if model == 1 and scenario in ("straggler", "preemption")
+                                               else " (big)" if model == 1 and scenario == "sizes" else ""),
                          ",".join(str(s) for s in seeds), _fmt(budgets, 0),
                          _fmt(_by_seed(g, updates_done, model), 0),
                          _fmt(_goodput(g, reference, model), 2, seeds) if g is not reference else "1",
+                         _fmt(_goodput_in_run(g), 2, seeds) if model == 0 else "-",
                          _fmt(_by_seed(g, valid_at_end, model), 3), _fmt(_by_seed(g, bleu_last, model), 2),
                          _fmt(_by_seed(g, bleu_best, model), 2), _fmt(_by_seed(g, chrf_last, model), 2)])
     return _markdown(header, rows)
@@ -309,6 +330,10 @@ def report(out: Path, groups: Sequence) -> List[str]:
             if name:
                 text += [f"![{name}]({name})", ""]
     text += ["Goodput: a model's updates per second over the same model's in the same method's "
-             "line at equal speed, on the same seed. Where the lines ran:", ""]
+             "line at equal speed, on the same seed. Goodput (in run), with a straggler: the fast "
+             "model's updates per second over F times the straggler's, in the same run (the "
+             "launcher holds the straggler stopped (F - 1)/F of the time, so F times its pace is "
+             "a full-speed model's on the same machine); all-reduce, one job, has none. Where "
+             "the lines ran:", ""]
     text += environments(timed) + [""]
     return text

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from fairseq_codistill.tools.runs import Series, curve, human_bytes, human_seconds, load_run, wall_seconds
 
-KINDS = ("baseline", "control", "codistill", "localsgd", "diloco")
+KINDS = ("baseline", "control", "codistill", "localsgd", "diloco", "kd")
 PAIRS = ("codistill", "localsgd", "diloco")
 # What makes runs comparable: the same data, model and budget of updates and tokens.
 SETTING = ("lang_pair", "updates", "tokens", "fraction", "layers")
@@ -468,7 +468,7 @@ def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
 
 PLOT_KINDS = {"baseline": dict(color="k"), "control": dict(color="0.5"),
               "codistill": dict(color="C3", linestyle="--"), "localsgd": dict(color="C0", linestyle="-."),
-              "diloco": dict(color="C2", linestyle="-.")}
+              "diloco": dict(color="C2", linestyle="-."), "kd": dict(color="C4", linestyle=":")}
 
 
 def plot_study(out: Path, groups: Sequence[Group]) -> List[str]:
