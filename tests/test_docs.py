@@ -92,3 +92,14 @@ def test_the_study_page_is_what_the_committed_results_generate(tmp_path):
         "fairseq-codistill-report --study results/study --out docs")
     for name in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (tmp_path / name).is_file() and (REPO / "docs" / name).is_file(), name
+
+
+def test_the_readmes_which_method_table_is_what_the_committed_results_generate():
+    """README.md's table of BLEU at W per scenario and codistillation's verdicts are
+    fairseq-codistill-report --study results/study --readme README.md's, not typed."""
+    from fairseq_codistill.tools import scenarios
+    text = README.read_text()
+    block = text[text.index(scenarios.BEGIN):text.index(scenarios.END) + len(scenarios.END)]
+    assert block == "\n".join(scenarios.readme_block(study.load_study(REPO / "results" / "study"))), (
+        "README.md's which-method block differs from what results/ generates: run "
+        "fairseq-codistill-report --study results/study --out docs --readme README.md")

@@ -158,6 +158,27 @@ def test_two_sizes_compare_codistillation_with_two_phase_kd_and_the_small_model_
     assert "codi-deep6model1 (big)" in details and "kd-deep6student" in details
 
 
+def test_the_readmes_table_has_every_scenario_and_the_verdicts_naming_the_measure(runs, tmp_path):
+    block = scenarios.readme_block(study.load_study(runs))
+    assert block[0] == scenarios.BEGIN and block[-1] == scenarios.END
+    text = "\n".join(block)
+    assert "| method | equal speed | 2x straggler | preemption | two model sizes |" in text
+    # the lone model stands in every scenario that ran; none ran preempted or with two sizes
+    assert "| the fast model alone | 14.00 ± 0.00 | 14.00 ± 0.00 | not run | not run |" in text
+    assert "| 2x straggler | the best asynchronous averaging (LocalSGD, asynchronous) | " \
+           "level (-1.00, spread 1.00) | level (+0.000, spread 0.000) | 1,2 |" in text
+    assert "| equal speed | the fast model alone | better (+1.00, spread 0.00) |" in text
+    assert "| LocalSGD |" not in text.split("Codistillation (never waits) against")[1]  # the table's only
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{scenarios.BEGIN}\nold\n{scenarios.END}\n\nafter\n")
+    assert scenarios.write_readme(readme, study.load_study(runs))
+    assert readme.read_text() == "# x\n\n" + text + "\n\nafter\n"
+    assert not scenarios.write_readme(readme, study.load_study(runs))  # the same: unchanged
+    (tmp_path / "plain.md").write_text("# no block\n")
+    with pytest.raises(ValueError, match="--readme"):
+        scenarios.write_readme(tmp_path / "plain.md", [])
+
+
 def test_language_pairs_keep_their_lines_apart(runs, tmp_path):
     swedish = {**SETTING, "lang_pair": "sv-en"}
     for seed in (1, 2):

@@ -274,6 +274,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "eval*.json and its log's records as train.json; no checkpoints) into DEST, "
                         "the results/ a study page is generated from (docs/study.md: --study results/study "
                         "--out docs)")
+    p.add_argument("--readme", type=Path, default=None, metavar="FILE",
+                   help="with --study: also fill FILE's which-method block (between the markers "
+                        "fairseq_codistill.tools.scenarios.BEGIN and END) with the scenarios' table: "
+                        "README.md's 'Should I use it?' is generated so, from results/study")
     p.add_argument("--out", "-o", type=Path, default=Path("report"), help="output folder (default: report)")
     p.add_argument("--allreduce-workers", type=int, default=None,
                    help="count a single-process baseline that sums W batches per update (--update-freq "
@@ -286,6 +290,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.export is not None and args.study is None:
         sys.exit("fairseq-codistill-report: --export copies a study's runs: give --study DIR too")
+    if args.readme is not None and args.study is None:
+        sys.exit("fairseq-codistill-report: --readme fills a table from a study: give --study DIR too")
     if args.study is not None:
         if args.export is not None:
             exported = export(args.study, args.export)
@@ -297,6 +303,13 @@ def main(argv=None) -> int:
                      "validation record under it")
         print(write_study_report(args.out, groups))
         print(f"\nreport: {args.out / 'study.md'}")
+        if args.readme is not None:
+            from fairseq_codistill.tools import scenarios
+            try:
+                changed = scenarios.write_readme(args.readme, groups)
+            except (OSError, ValueError) as e:
+                sys.exit(f"fairseq-codistill-report: {e}")
+            print(f"{args.readme}: which-method block {'updated' if changed else 'unchanged'}")
         return 0
     if not args.runs:
         sys.exit("fairseq-codistill-report: give RUN_DIR(s), or --study DIR")
