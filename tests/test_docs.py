@@ -89,7 +89,7 @@ def test_the_study_page_is_what_the_committed_results_generate(tmp_path):
     text = study.write_study_report(tmp_path, study.load_study(REPO / "results" / "study"))
     assert text == (REPO / "docs" / "study.md").read_text(), (
         "docs/study.md differs from what results/ generates: run "
-        "fairseq-codistill-report --study results/study --out docs")
+        "fairseq-codistill-report --study results/study --out docs --readme README.md")
     for name in re.findall(r"\]\(([^)]+\.png)\)", text):
         assert (tmp_path / name).is_file() and (REPO / "docs" / name).is_file(), name
 
