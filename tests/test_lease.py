@@ -290,3 +290,19 @@ def test_the_start_up_check_sees_a_peer_refused_after_this_model_started(store):
     assert leases.check_peers(store, later.lease, [1], seconds=30.0) == []
     assert time.monotonic() - start < 10
     later.release()
+
+
+def test_an_exchange_dropped_without_close_still_marks_its_lease_finished(tmp_path):
+    """fairseq's train() returns and its task, holding the exchange, is collected before
+    the interpreter's exit: the lease must still say the model ended normally."""
+    import gc
+
+    from fairseq_codistill.exchange import averaging
+    from test_averaging import averaging as make_averaging
+
+    x = make_averaging(tmp_path, 0)
+    assert isinstance(x, averaging.WeightAveraging)
+    assert not json.loads((tmp_path / "model0" / "lease.json").read_text())["finished"]
+    del x
+    gc.collect()
+    assert json.loads((tmp_path / "model0" / "lease.json").read_text())["finished"]

@@ -55,6 +55,15 @@ def _close_all() -> None:
         exchange.close()
 
 
+def _finish_dropped(writer: concurrent.futures.ThreadPoolExecutor,
+                    lease: Optional[leases.LeaseHolder]) -> None:
+    """What ``close`` must not skip, for an exchange collected (or alive at exit) without
+    it: the pending snapshot write finishes, and the lease is marked finished."""
+    writer.shutdown(wait=True)
+    if lease is not None:
+        lease.release()
+
+
 def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]:
     """The models that ``model_id`` codistills with: every other one, or its ring successor."""
     if topology not in TOPOLOGIES:
@@ -184,6 +193,11 @@ class Exchange:
                                         method=cfg.method, **(terms or {}))
             self.store.clean(model_prefix(cfg.model_id))
         _OPEN.add(self)
+        # Dropped without close() (fairseq's train() returns and its task is collected, so
+        # _OPEN no longer holds it at exit): still finish the last write and mark the lease
+        # finished, or a peer waiting at an averaging step would wait its full
+        # --codistill-wait-for-peers for a model that ended normally.
+        self._finalizer = weakref.finalize(self, _finish_dropped, self._writer, self.lease)
 
     def _begin(self, num_updates: int) -> bool:
         """Once per update (a repeated call with the same ``num_updates``, as under
@@ -314,6 +328,7 @@ class Exchange:
             return
         self._closed = True
         _OPEN.discard(self)
+        self._finalizer.detach()
         self.wait_for_write()
         self._reader.shutdown(wait=True, cancel_futures=True)
         self._writer.shutdown(wait=True)
