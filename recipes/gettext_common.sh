@@ -11,7 +11,10 @@
 #       label smoothing, alpha ALPHA x GAMMA per epoch), or localsgd / diloco (their weights,
 #       with the baseline's label smoothing, as one would use them);
 #   train_control DIR SEED [DROPOUT]: the codistilled model with its peer removed (same
-#       architecture, dropout, batch, seed and updates), plain cross-entropy.
+#       architecture, dropout, batch, seed and updates), plain cross-entropy;
+#   train_kd DIR SEED: the two-phase alternative to a pair of two sizes: a teacher of
+#       PEER_LAYERS layers alone, then a student of LAYERS layers distilling from its best
+#       checkpoint (word-level KD), one phase after the other on the same cores.
 #
 # Every run uses --task codistill_translation (alone: --codistill-num-models 1), so every
 # run logs param_dist. A run is skipped when DIR/done holds the same settings.
@@ -61,6 +64,12 @@ PREEMPT=${PREEMPT:-}
 # 2 gloo ranks under fairseq-codistill-launch, whose pace (and a slowed rank's) is measured.
 RANKS=${RANKS:-1}
 PEER_LAYERS=${PEER_LAYERS:-}             # model 1 of a pair with this many layers (default LAYERS)
+# train_kd: the teacher's share of the budget (the student has the rest; with no budget each
+# phase trains UPDATES updates), and the student's penalty: KD_ALPHA (constant) times KD_LOSS
+# (kl: word-level KD on the teacher's distribution; mse: the logits' MSE, as codistillation).
+TEACHER_SHARE=${TEACHER_SHARE:-0.5}
+KD_LOSS=${KD_LOSS:-kl}
+KD_ALPHA=${KD_ALPHA:-1}
 DEVICE=${DEVICE:-cpu}                    # cpu, or cuda: every run on the visible GPU
 # auto: bf16 where the device is fast at it (a CPU with AMX-BF16 or AVX512-BF16, a GPU with
 # bf16), fp16 on a GPU without bf16, fp32 elsewhere; or set it.
@@ -226,6 +235,45 @@ train_control() {
     OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
         --codistill-num-models 1 --criterion cross_entropy \
         --save-dir "$dir" > "$dir/train.log" 2>&1
+    echo "$stamp" > "$dir/done"
+}
+
+# train_kd DIR SEED: DIR/teacher (PEER_LAYERS layers, plain cross-entropy, alone) for
+# TEACHER_SHARE of BUDGET, its best checkpoint published as model 1 of DIR/exchange
+# (fairseq-codistill-teacher), then DIR/model0, the student (LAYERS layers), for the rest:
+# model 0 of 2, penalised by KD_ALPHA x KD_LOSS against the fixed teacher. Each phase has all
+# THREADS; the same cores for the same wall time as a pair, one model after the other.
+train_kd() {
+    local dir=$1 seed=$2 stamp budget=$BUDGET layers=$LAYERS teacher_budget=
+    stamp=$(settings kd "$seed" "$DROPOUT" "teacher=${PEER_LAYERS:?train_kd: set PEER_LAYERS (layers of the teacher)}" \
+        "share=$TEACHER_SHARE" "$KD_LOSS" "$KD_ALPHA" "$INTERVAL" "snapshot=$SNAPSHOT")
+    fresh "$dir" "$stamp" || return 0
+    mkdir -p "$dir/teacher" "$dir/model0"
+    if [[ -n "$budget" ]]; then
+        teacher_budget=$("$PYTHON" -c "print(round($TEACHER_SHARE * $budget, 1))")
+        BUDGET=$teacher_budget
+    fi
+    LAYERS=$PEER_LAYERS train_args "$seed" "$DROPOUT" loss
+    OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
+        --codistill-num-models 1 --criterion cross_entropy \
+        --save-dir "$dir/teacher" > "$dir/teacher/train.log" 2>&1 || { BUDGET=$budget; return 1; }
+    local teacher=$dir/teacher/checkpoint_best.pt
+    [[ -f "$teacher" ]] || teacher=$dir/teacher/checkpoint_last.pt
+    fairseq-codistill-teacher "$teacher" --codistill-dir "$dir/exchange" --codistill-id 1 \
+        --codistill-snapshot-dtype "$SNAPSHOT" --data "$BIN" > "$dir/teacher/publish.log" 2>&1 \
+        || { BUDGET=$budget; return 1; }
+    if [[ -n "$budget" ]]; then BUDGET=$("$PYTHON" -c "print(round($budget - $teacher_budget, 1))"); fi
+    train_args "$seed" "$DROPOUT"
+    BUDGET=$budget
+    # the teacher never publishes again: the student never waits for it
+    OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
+        --criterion codistill_ce --codistill-dir "$dir/exchange" --codistill-id 0 \
+        --codistill-num-models 2 --codistill-interval "$INTERVAL" --codistill-loss "$KD_LOSS" \
+        --codistill-alpha-schedule constant --codistill-alpha "$KD_ALPHA" \
+        --codistill-max-lead 0 --codistill-wait-for-peers 0 \
+        --save-dir "$dir/model0" > "$dir/model0/train.log" 2>&1 || return 1
+    if [[ "${KEEP_CHECKPOINTS:-0}" != 1 ]]; then rm -f "$dir/teacher"/checkpoint*.pt; fi
+    rm -rf "$dir/exchange"
     echo "$stamp" > "$dir/done"
 }
 

@@ -13,11 +13,14 @@
 #              so no gain comes from a weakened control);
 #   codistill  a codistilled pair (batch B each, no label smoothing);
 #   localsgd   a pair averaging its weights every interval (label smoothing 0.1);
-#   diloco     a pair taking DiLoCo's outer Nesterov step every interval (label smoothing 0.1).
+#   diloco     a pair taking DiLoCo's outer Nesterov step every interval (label smoothing 0.1);
+#   kd         two phases on the same cores: a teacher of peer_layers layers alone, then the
+#              model distilling from it (word-level KD: gettext_common.sh's train_kd).
 #
 # Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
 # diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers
-# peer_layers (model 1's, a heterogeneous pair). Longer runs (updates) stretch the schedule with them: warm-up and validation
+# peer_layers (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share kd_loss
+# kd_alpha (kd). Longer runs (updates) stretch the schedule with them: warm-up and validation
 # follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
 # regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
 # last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
@@ -29,6 +32,7 @@
 #   SEEDS="1 2" bash recipes/study.sh            # fewer seeds
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #   SCENARIOS=1 bash recipes/study.sh            # equal wall time: a straggler, a preemption
+#   SCENARIOS=sizes bash recipes/study.sh        # equal wall time: a small model beside a big one
 #
 # The scenarios (GRID_SCENARIOS below) train every method for the same wall-clock budget
 # (budget=W: the regime's pair's wall time on the same seed, run first; fairseq's
@@ -117,8 +121,29 @@ diloco-k40-m0.5-W-pre             diloco     budget=W preempt=0.375W:0.25W
 diloco-k40-m0.5-async-W-pre       diloco     async=1 budget=W preempt=0.375W:0.25W
 codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:0.25W
 "
+# Two model sizes (SCENARIOS=sizes): the small model (LAYERS) codistilled beside a big one
+# (peer_layers) that never waits for it, against the small model alone and the two-phase
+# alternative (kd: the big model for half of W, then the small one distilled from it), all for
+# W. It asks for a regime where the big model alone translates better than the small one
+# beyond the spread (the big model alone is its check); docs/study-method.md says how to find
+# it. The data fraction below is that search's starting point, not a measured regime.
+GRID_SIZES="
+codistill-a0.1-k40                        codistill
+control-l6-f0.25-W                        control    layers=6 fraction=0.25 budget=W
+control-f0.25-W                           control    fraction=0.25 budget=W
+codistill-a0.1-k40-deep6-lead0-f0.25-W    codistill  peer_layers=6 max_lead=0 fraction=0.25 budget=W
+kd-deep6-f0.25-W                          kd         peer_layers=6 fraction=0.25 budget=W
+"
 SCENARIOS=${SCENARIOS:-0}
-if [[ "$SCENARIOS" == 1 ]]; then
+case "$SCENARIOS" in
+    0 | 1 | sizes) ;;
+    *) echo "study: SCENARIOS=$SCENARIOS: use 0 (the map), 1 (stragglers, preemption) or sizes" >&2; exit 1 ;;
+esac
+if [[ "$SCENARIOS" == sizes ]]; then
+    GRID=${GRID:-$GRID_SIZES}
+    ORDER=${ORDER:-seeds}
+    STUDY_DIR=${STUDY_DIR:-study-sizes}
+elif [[ "$SCENARIOS" == 1 ]]; then
     GRID=${GRID:-$GRID_SCENARIOS}
     ORDER=${ORDER:-seeds}
     STUDY_DIR=${STUDY_DIR:-study-scenarios}
@@ -192,6 +217,7 @@ apply() {
             fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
             outer_lr) OUTER_LR=$value ;; outer_momentum) OUTER_MOMENTUM=$value ;;
             async) ASYNC=$value ;; max_lead) MAX_LEAD=$value ;; ranks) RANKS=$value ;;
+            teacher_share) TEACHER_SHARE=$value ;; kd_loss) KD_LOSS=$value ;; kd_alpha) KD_ALPHA=$value ;;
             budget) BUDGET=$(in_seconds "$value") ;; slowdown) SLOWDOWN=$value ;;
             preempt) PREEMPT="$(in_seconds "${value%%:*}"):$(in_seconds "${value#*:}")" ;;
             *) echo "study: unknown setting '$setting' in GRID" >&2; return 1 ;;
@@ -221,6 +247,9 @@ elif "$kind" in ("localsgd", "diloco"):
     meta.update(interval=$INTERVAL, snapshot="$SNAPSHOT")
 if "$kind" == "diloco":
     meta.update(outer_lr=$OUTER_LR, outer_momentum=$OUTER_MOMENTUM)
+if "$kind" == "kd":
+    meta.update(peer_layers=${PEER_LAYERS:-$LAYERS}, teacher_share=$TEACHER_SHARE, kd_loss="$KD_LOSS",
+                kd_alpha=$KD_ALPHA, interval=$INTERVAL, snapshot="$SNAPSHOT")
 if "$kind" in ("localsgd", "diloco") and "$ASYNC" == "1":
     meta.update(asynchronous=True)
 if "$kind" == "codistill" and "$MAX_LEAD" != "1":
@@ -249,6 +278,7 @@ run_line() {
         control) train_control "$dir" "$seed" "$DROPOUT" ;;
         codistill) METHOD=distill train_pair "$dir" "$seed" ;;
         localsgd | diloco) METHOD=$kind train_pair "$dir" "$seed" ;;
+        kd) train_kd "$dir" "$seed" ;;
     esac
     evaluate_run "$dir"
     describe "$dir" "$name" "$kind" "$seed"
@@ -262,10 +292,10 @@ schedule_lines() {
         [[ -n "$name" && "$name" != \#* ]] || continue
         if [[ -n "$GRID_LINES" && " $GRID_LINES " != *" $name "* ]]; then continue; fi
         threads=1
-        case "$kind" in codistill | localsgd | diloco) threads=2 ;; esac
+        case "$kind" in codistill | localsgd | diloco | kd) threads=2 ;; esac
         if [[ " $settings " == *" ranks="* ]]; then threads=2; fi
         need=$threads
-        if [[ "$SCENARIOS" == 1 ]]; then need=$SLOTS; fi
+        if [[ "$SCENARIOS" != 0 ]]; then need=$SLOTS; fi
         for seed in $1; do
             # shellcheck disable=SC2086  # the settings are words
             schedule "$need" "$threads" "$name seed $seed" run_line "$name" "$kind" "$seed" $settings
@@ -283,6 +313,8 @@ main() {
         [[ -n "$name" && "$name" != \#* ]] || continue
         case "$kind" in
             baseline | control | codistill | localsgd | diloco) ;;
+            kd) [[ " $settings " == *" peer_layers="* ]] || {
+                    echo "study: line $name: kind kd needs peer_layers=N (the teacher's layers)" >&2; exit 1; } ;;
             *) echo "study: line $name: unknown kind '$kind'" >&2; exit 1 ;;
         esac
         if [[ "$settings" =~ fraction=([^ ]+) ]]; then fractions+=("${BASH_REMATCH[1]}"); fi

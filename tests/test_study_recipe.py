@@ -13,6 +13,19 @@ from test_gettext import made_up_catalog
 
 pytestmark = pytest.mark.e2e
 
+
+def run_study(tmp_path, grid, **knobs):
+    """recipes/study.sh with GRID ``grid`` on a made-up catalog: 8 updates of a 1-layer model,
+    one seed, the regime codistill-a0.1-k4; ``knobs`` are more of its variables."""
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
+               LANG_PAIR="xx-en", LOCALE_DIR=str(made_up_catalog(tmp_path / "locale")),
+               VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60", TRAIN_FRACTION="1",
+               UPDATES="8", LAYERS="1", DIM="32", EVAL_BEAM="1", SEEDS="1", STUDY_DIR=str(tmp_path / "study"),
+               GRID=grid, REGIME="codistill-a0.1-k4", WAIT_FOR_PEERS="120", **knobs)
+    return subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=900)
+
 GRID = """
 baseline             baseline
 control              control
@@ -25,14 +38,7 @@ codistill-u16        codistill  interval=4 updates=16
 
 
 def test_the_study_trains_evaluates_and_reports_every_kind(tmp_path):
-    env = dict(os.environ)
-    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
-               LANG_PAIR="xx-en", LOCALE_DIR=str(made_up_catalog(tmp_path / "locale")),
-               VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60", TRAIN_FRACTION="1",
-               UPDATES="8", LAYERS="1", DIM="32", EVAL_BEAM="1", SEEDS="1", STUDY_DIR=str(tmp_path / "study"),
-               GRID=GRID, REGIME="codistill-a0.1-k4", WAIT_FOR_PEERS="120")
-    proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_study(tmp_path, GRID)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
     reused = 0
@@ -82,14 +88,7 @@ def test_the_scenarios_train_for_the_regimes_wall_time_with_faults(tmp_path):
     """SCENARIOS=1: the regime's pair first, its wall time W the budget of every other line
     of the seed; a slowed rank of a real 2-rank all-reduce job, a slowed asynchronous
     LocalSGD pair, a preempted codistilled pair that never waits; the report's table."""
-    env = dict(os.environ)
-    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
-               LANG_PAIR="xx-en", LOCALE_DIR=str(made_up_catalog(tmp_path / "locale")),
-               VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60", TRAIN_FRACTION="1",
-               UPDATES="8", LAYERS="1", DIM="32", EVAL_BEAM="1", SEEDS="1", STUDY_DIR=str(tmp_path / "study"),
-               GRID=SCENARIO_GRID, REGIME="codistill-a0.1-k4", WAIT_FOR_PEERS="120", SCENARIOS="1")
-    proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_study(tmp_path, SCENARIO_GRID, SCENARIOS="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = tmp_path / "study" / "runs"
     from fairseq_codistill.tools import study
@@ -111,3 +110,47 @@ def test_the_scenarios_train_for_the_regimes_wall_time_with_faults(tmp_path):
     assert "## Which method? Equal wall time" in text
     # the fast model alone has no fault: it is the equal-speed column, and stands in every other
     assert "| method | equal speed | 2x straggler | preemption |" in text and "| the fast model alone |" in text
+
+
+SIZES_GRID = """
+codistill-a0.1-k4            codistill  interval=4
+codistill-k4-deep2-lead0-W   codistill  interval=4 peer_layers=2 max_lead=0 budget=W
+kd-deep2-16s                 kd         interval=4 peer_layers=2 budget=16
+"""
+
+
+def test_two_phase_kd_trains_a_teacher_then_a_student_from_it_within_w(tmp_path):
+    """SCENARIOS=sizes: the kd line trains a 2-layer teacher alone for half of its budget
+    (16 s here: a tiny W is a second, too short for the student to load its teacher),
+    publishes its checkpoint, and trains the 1-layer student for the rest, distilling (KL)
+    from it."""
+    proc = run_study(tmp_path, SIZES_GRID, SCENARIOS="sizes")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from fairseq_codistill.tools import study
+    runs = tmp_path / "study" / "runs"
+    wall = study.regime_wall(runs / "codistill-a0.1-k4" / "seed1")
+    pair = json.loads((runs / "codistill-k4-deep2-lead0-W" / "seed1" / "study.json").read_text())
+    assert pair["budget"] == pytest.approx(wall, abs=0.1) and pair["peer_layers"] == 2
+    kd = runs / "kd-deep2-16s" / "seed1"
+    meta = json.loads((kd / "study.json").read_text())
+    assert meta["kind"] == "kd" and meta["peer_layers"] == 2 and meta["kd_loss"] == "kl"
+    assert meta["budget"] == 16.0 and meta["teacher_share"] == 0.5
+    teacher, student = (kd / "teacher" / "train.log").read_text(), (kd / "model0" / "train.log").read_text()
+    assert "encoder_layers=2," in teacher and "encoder_layers=1," in student
+    assert "codistill_loss='kl'" in student and '"num_peers": "1"' in student  # the teacher, loaded
+    # each phase has half of the budget (fairseq's --stop-time-hours, in hours)
+    assert f"stop_time_hours={round(8 / 3600, 6)}," in teacher and f"stop_time_hours={round(8 / 3600, 6)}," in student
+    assert "loaded model 1 at its update" in student  # the teacher's published snapshot
+    assert json.loads((kd / "model0" / "eval.json").read_text())["num_sentences"] == 20
+    assert not list(kd.rglob("checkpoint*.pt")) and not (kd / "exchange").exists()
+    text = (tmp_path / "study" / "report" / "study.md").read_text()
+    assert "| method | two model sizes |" in text and "| two-phase KD" in text
+
+
+def test_a_kd_line_without_the_teachers_depth_is_refused(tmp_path):
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
+               GRID="kd-W  kd  budget=W", SCENARIOS="sizes", STUDY_DIR=str(tmp_path / "study"))
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "line kd-W: kind kd needs peer_layers=N" in proc.stderr
