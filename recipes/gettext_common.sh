@@ -244,27 +244,22 @@ train_control() {
 # model 0 of 2, penalised by KD_ALPHA x KD_LOSS against the fixed teacher. Each phase has all
 # THREADS; the same cores for the same wall time as a pair, one model after the other.
 train_kd() {
-    local dir=$1 seed=$2 stamp budget=$BUDGET layers=$LAYERS teacher_budget=
+    local dir=$1 seed=$2 stamp teacher_budget='' student_budget=''
     stamp=$(settings kd "$seed" "$DROPOUT" "teacher=${PEER_LAYERS:?train_kd: set PEER_LAYERS (layers of the teacher)}" \
         "share=$TEACHER_SHARE" "$KD_LOSS" "$KD_ALPHA" "$INTERVAL" "snapshot=$SNAPSHOT")
     fresh "$dir" "$stamp" || return 0
-    mkdir -p "$dir/teacher" "$dir/model0"
-    if [[ -n "$budget" ]]; then
-        teacher_budget=$("$PYTHON" -c "print(round($TEACHER_SHARE * $budget, 1))")
-        BUDGET=$teacher_budget
+    if [[ -n "$BUDGET" ]]; then
+        teacher_budget=$("$PYTHON" -c "print(round($TEACHER_SHARE * $BUDGET, 1))")
+        student_budget=$("$PYTHON" -c "print(round($BUDGET - $teacher_budget, 1))")
     fi
-    LAYERS=$PEER_LAYERS train_args "$seed" "$DROPOUT" loss
-    OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
-        --codistill-num-models 1 --criterion cross_entropy \
-        --save-dir "$dir/teacher" > "$dir/teacher/train.log" 2>&1 || { BUDGET=$budget; return 1; }
+    # the teacher: the big model alone, trained as a control line trains it
+    LAYERS=$PEER_LAYERS BUDGET=$teacher_budget train_control "$dir/teacher" "$seed"
     local teacher=$dir/teacher/checkpoint_best.pt
     [[ -f "$teacher" ]] || teacher=$dir/teacher/checkpoint_last.pt
     fairseq-codistill-teacher "$teacher" --codistill-dir "$dir/exchange" --codistill-id 1 \
-        --codistill-snapshot-dtype "$SNAPSHOT" --data "$BIN" > "$dir/teacher/publish.log" 2>&1 \
-        || { BUDGET=$budget; return 1; }
-    if [[ -n "$budget" ]]; then BUDGET=$("$PYTHON" -c "print(round($budget - $teacher_budget, 1))"); fi
-    train_args "$seed" "$DROPOUT"
-    BUDGET=$budget
+        --codistill-snapshot-dtype "$SNAPSHOT" --data "$BIN" > "$dir/teacher/publish.log" 2>&1 || return 1
+    mkdir -p "$dir/model0"
+    BUDGET=$student_budget train_args "$seed" "$DROPOUT"
     # the teacher never publishes again: the student never waits for it
     OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=$THREADS "$FAIRSEQ_TRAIN" "${TRAIN_ARGS[@]}" \
         --criterion codistill_ce --codistill-dir "$dir/exchange" --codistill-id 0 \

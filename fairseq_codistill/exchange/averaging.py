@@ -30,7 +30,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 import torch
 
 from fairseq_codistill.exchange import lease as leases
-from fairseq_codistill.exchange.peers import Exchange, ExchangeConfig, all_ranks_min, broadcast_from_rank0
+from fairseq_codistill.exchange.peers import (Exchange, ExchangeConfig, FinishedPeers, all_ranks_min,
+                                             broadcast_from_rank0)
 from fairseq_codistill.exchange.quantize import Int8Matrix, quantize_int8, unpack_int8
 from fairseq_codistill.exchange.snapshot import (
     SnapshotError,
@@ -350,37 +351,34 @@ class WeightAveraging(Exchange):
         waiting up to --codistill-wait-for-peers for the others; every rank gets its list)."""
         present: List[int] = []
         if self.rank == 0:
-            start = time.monotonic()
-            deadline, next_lease_check = start + self.cfg.wait_for_peers, start + leases.POLL_SECONDS
-            ended: List[int] = []  # peers whose lease says they finished: never waited for
+            deadline = time.monotonic() + self.cfg.wait_for_peers
+            finished = FinishedPeers(self.store)
             while True:
                 versions = self._versions()
                 newest = {j: max(v, default=-1) for j, v in versions.items()}
                 present = [j for j in self.peer_ids if num_updates in versions.get(j, ())]
-                awaited = [j for j in self.peer_ids if j not in present and j not in ended
+                awaited = [j for j in self.peer_ids if j not in present and j not in finished.ids
                            and self._given_up.get(j) != newest.get(j, -1)]
                 if not awaited or time.monotonic() >= deadline:
                     break
-                if time.monotonic() >= next_lease_check:
-                    ended += self._ended(awaited)
-                    next_lease_check = time.monotonic() + leases.POLL_SECONDS
+                if finished.look(awaited):
                     continue
                 time.sleep(min(POLL_SECONDS, max(0.0, deadline - time.monotonic())))
             missing = [j for j in self.peer_ids if j not in present]
             if missing:
                 for j in missing:
                     self._given_up[j] = newest.get(j, -1)
-                if ended:
+                if finished.ids:
                     logger.warning(
                         "codistill: model(s) %s finished training before update %d (their "
                         "leases say so): averaging the %d model(s) present without them",
-                        ended, num_updates, len(present) + 1)
-                if set(missing) - set(ended):
+                        finished.ids, num_updates, len(present) + 1)
+                if set(missing) - set(finished.ids):
                     logger.warning(
                         "codistill: model(s) %s have no snapshot of update %d after %.0fs: "
                         "averaging the %d model(s) present; they are not waited for again until "
                         "they publish (are they running, with --codistill-dir %s?)",
-                        [j for j in missing if j not in ended], num_updates,
+                        [j for j in missing if j not in finished.ids], num_updates,
                         self.cfg.wait_for_peers, len(present) + 1, self.store.url)
             self._warn_missing_peers(num_updates, [j for j in missing if newest.get(j, -1) < 0])
         return [int(j) for j in broadcast_from_rank0(present, self.group, self.world)]

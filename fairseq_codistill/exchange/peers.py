@@ -64,6 +64,37 @@ def _finish_dropped(writer: concurrent.futures.ThreadPoolExecutor,
         lease.release()
 
 
+class FinishedPeers:
+    """While a step waits for peers (an averaging step; codistillation with
+    --codistill-max-lead): those whose lease is marked finished, read at most once per
+    ``leases.POLL_SECONDS``. They ended normally (at their --max-update or
+    --stop-time-hours) and publish no more, so they are not waited for. A preempted or
+    crashed peer's lease is not finished: it is waited for, as it may come back; a restart
+    takes its lease anew, unfinished."""
+
+    def __init__(self, store):
+        self.store = store
+        self.ids: List[int] = []
+        self._due = time.monotonic() + leases.POLL_SECONDS
+
+    def look(self, awaited: List[int]) -> bool:
+        """When due, read the leases of ``awaited`` not known to have finished; True if it
+        read them (the caller lists the store again before it sleeps)."""
+        if time.monotonic() < self._due:
+            return False
+        for j in awaited:
+            if j in self.ids:
+                continue
+            try:
+                lease = leases.read_lease(self.store, j)
+            except OSError:  # the store does not answer: keep waiting, as for a listing
+                continue
+            if lease is not None and lease.finished:
+                self.ids.append(j)
+        self._due = time.monotonic() + leases.POLL_SECONDS
+        return True
+
+
 def peer_ids(model_id: int, num_models: int, topology: str = "all") -> List[int]:
     """The models that ``model_id`` codistills with: every other one, or its ring successor."""
     if topology not in TOPOLOGIES:
@@ -287,23 +318,6 @@ class Exchange:
                                "its job may be dead; %s", j, lease.age(), lease.who(),
                                self._without(j))
 
-    def _ended(self, peers: List[int]) -> List[int]:
-        """Those of ``peers`` whose lease is marked finished: they ended normally (at their
-        --max-update or --stop-time-hours, say) and publish no more, so a step that waits
-        for them (an averaging step; codistillation with --codistill-max-lead) does not wait
-        --codistill-wait-for-peers for nothing. A preempted or crashed peer's lease
-        is not finished: it is waited for, as it may come back; a restart takes its lease
-        anew, unfinished, and is waited for again once it publishes."""
-        ended = []
-        for j in peers:
-            try:
-                lease = leases.read_lease(self.store, j)
-            except OSError:  # the store does not answer: keep waiting, as for a listing
-                continue
-            if lease is not None and lease.finished:
-                ended.append(j)
-        return ended
-
     def _without(self, peer_id: int) -> str:
         """What training does without peer ``peer_id``, for the stale-lease warning."""
         return "training goes on"
@@ -415,23 +429,20 @@ class PeerExchange(Exchange):
         choice = {}
         if self.rank == 0:
             start = time.monotonic()
-            deadline, next_lease_check = start + wait, start + leases.POLL_SECONDS
-            ended: List[int] = []  # peers whose lease says they finished: not waited for
+            deadline, finished = start + wait, FinishedPeers(self.store)
             while True:
                 choice = self._newest_unseen()
                 lagging = self._lagging(num_updates, choice)
-                if not [j for j in lagging if j not in ended] or time.monotonic() >= deadline:
+                if not [j for j in lagging if j not in finished.ids] or time.monotonic() >= deadline:
                     break
-                if time.monotonic() >= next_lease_check:
-                    ended += self._ended([j for j in lagging if j not in ended])
-                    next_lease_check = time.monotonic() + leases.POLL_SECONDS
+                if finished.look(lagging):
                     continue
                 time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             if wait and lagging:
                 logger.info("codistill: waited %.0fs at update %d for model(s) %s (%s); going "
                             "on without waiting for them until they publish again",
                             time.monotonic() - start, num_updates, lagging,
-                            "their leases say they finished" if set(lagging) <= set(ended)
+                            "their leases say they finished" if set(lagging) <= set(finished.ids)
                             else "no snapshot in time")
                 for j in lagging:
                     self._given_up[j] = self._newest_known(j, choice)

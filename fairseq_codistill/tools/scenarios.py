@@ -149,7 +149,7 @@ def _goodput_in_run(group) -> Dict[int, float]:
     out = {}
     for seed, models in sorted(group.runs.items()):
         factor = group.metas[seed].get("slowdown")
-        if not factor or len(models) < 2 or group.kind == "kd":
+        if not factor or len(models) < 2:
             continue
         a, b = pace(models[0]), pace(models[1])
         if a and b:
@@ -201,9 +201,17 @@ def which_method(lines: Lines) -> List[str]:
     return _markdown(header, rows)
 
 
+VERDICT_HEADER = ["scenario", "codistillation's fast model against", "BLEU (last checkpoint)",
+                  "validation NLL", "seeds"]
+
+
 def verdicts(lines: Lines) -> List[str]:
     """Codistillation's fast model against each competitor, per scenario, in BLEU of the
     last checkpoint at W and in validation NLL at W, on the seeds both ran: a table."""
+    return _markdown(VERDICT_HEADER, _verdict_rows(lines))
+
+
+def _verdict_rows(lines: Lines) -> List[List[str]]:
     rows = []
     for scenario, label in lines.scenarios:
         ours = lines.get(scenario, CODISTILL)
@@ -224,8 +232,7 @@ def verdicts(lines: Lines) -> List[str]:
                          _judge(_by_seed(ours, bleu_last), _by_seed(other, bleu_last), True, 2),
                          _judge(_by_seed(ours, valid_at_end), _by_seed(other, valid_at_end), False, 3),
                          ",".join(map(str, seeds)) + (" (no verdict)" if len(seeds) == 1 else "")])
-    return _markdown(["scenario", "codistillation's fast model against", "BLEU (last checkpoint)",
-                      "validation NLL", "seeds"], rows)
+    return rows
 
 
 def details(lines: Lines, scenario: str) -> List[str]:
@@ -305,18 +312,17 @@ END = "<!-- end of which-method -->"
 def readme_block(groups: Sequence) -> List[str]:
     """The README's "which method" table: the language pair with most seeds, a column per
     scenario (BLEU of the fast model at W; "not run" where a scenario has no line), then
-    codistillation's verdict per scenario against the best asynchronous averaging and the
-    fast model alone, naming the measure. Between ``BEGIN`` and ``END``."""
+    codistillation's verdict per scenario against the best asynchronous averaging, two-phase
+    KD and the fast model alone, naming the measure. Between ``BEGIN`` and ``END``."""
     timed = [g for g in groups if g.timed and method_of(g) is not None]
     if not timed:
         return [BEGIN, "No scenario has run yet.", END]
-    setting = max({g.setting for g in timed},
-                  key=lambda st: (len({s for g in timed if g.setting == st for s in g.runs}), st))
+    setting = _settings_most_seeds_first(timed)[0]
     lines = Lines([g for g in timed if g.setting == setting])
     seeds = sorted({s for g in lines.groups for s in g.runs})
+    ran = {key for key, _ in lines.scenarios}
     rows = []
     for method, _ in METHODS:
-        ran = {key for key, _ in lines.scenarios}
         cells = [_fmt(_by_seed(g, bleu_last), 2, seeds)
                  if key in ran and (g := lines.get(key, method)) is not None else "not run"
                  for key, _ in SCENARIOS]
@@ -326,16 +332,12 @@ def readme_block(groups: Sequence) -> List[str]:
             f"{','.join(map(str, seeds))}; "
             "mean ± half the spread, the fast model's last checkpoint):", ""]
     text += _markdown(["method"] + [label for _, label in SCENARIOS], rows) + [""]
-    wanted = [r for r in _rows(verdicts(lines)) if r[1].startswith("the best asynchronous") or r[1] in (ALONE, KD)]
+    wanted = [r for r in _verdict_rows(lines) if r[1].startswith("the best asynchronous") or r[1] in (ALONE, KD)]
     text += ["Codistillation (never waits) against the best asynchronous averaging, two-phase KD "
              "and the fast model alone, on the seeds both ran (codistillation minus the other); "
              "better or worse only beyond the larger spread of the two:", ""]
     text += _markdown(["scenario", "against", "BLEU at W", "validation NLL at W", "seeds"], wanted)
     return text + ["", END]
-
-
-def _rows(table: List[str]) -> List[List[str]]:
-    return [[c.strip() for c in r.strip("|").split(" | ")] for r in table[2:]]
 
 
 def write_readme(path: Path, groups: Sequence) -> bool:
@@ -359,14 +361,18 @@ def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
         "| " + " | ".join(r) + " |" for r in rows]
 
 
+def _settings_most_seeds_first(timed: Sequence) -> List[tuple]:
+    return sorted({g.setting for g in timed},
+                  key=lambda st: (-len({s for g in timed if g.setting == st for s in g.runs}), st))
+
+
 def report(out: Path, groups: Sequence) -> List[str]:
     """The scenarios' section of study.md (nothing when the study has no timed line): one
     part per language pair (setting), the one with most seeds first."""
     timed = [g for g in groups if g.timed and method_of(g) is not None]
     if not timed:
         return []
-    settings = sorted({g.setting for g in timed},
-                      key=lambda st: (-len({s for g in timed if g.setting == st for s in g.runs}), st))
+    settings = _settings_most_seeds_first(timed)
     text = ["## Which method? Equal wall time", "",
             "BLEU of the fast model's last checkpoint at the budget W (model 0; all-reduce is one "
             "job), mean ± half the spread (max - min) over seeds; a cell names its seeds where "
