@@ -33,7 +33,7 @@
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #   SCENARIOS=1 bash recipes/study.sh            # equal wall time: a straggler, a preemption
 #   SCENARIOS=sizes bash recipes/study.sh        # equal wall time: a small model beside a big one
-#   SCENARIOS=sizes6 bash recipes/study.sh       # the 6+6 model alone beside the 3+3 one, at W
+#   SCENARIOS=sizes-search bash recipes/study.sh # lone models of three sizes: where a big one wins
 #
 # The scenarios (GRID_SCENARIOS below) train every method for the same wall-clock budget
 # (budget=W: the regime's pair's wall time on the same seed, run first; fairseq's
@@ -127,9 +127,7 @@ codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:
 # alone and the two-phase alternative (kd: the big model for half of W, then the small one
 # distilled from it), all for W on a quarter of the data. It asks for a regime where the big
 # model alone translates better than the small one beyond the spread: the two lone models are
-# its check. A 6+6 model beside the 3+3 one fails it at W on a CPU (control-l6-f0.25-W: the
-# 6+6 model reaches too few updates), so the pair is one step smaller; docs/study-method.md
-# says how that was found.
+# its check, and docs/study-method.md says what the search for it found.
 GRID_SIZES="
 codistill-a0.1-k40                             codistill
 control-f0.25-W                                control    fraction=0.25 budget=W
@@ -137,19 +135,24 @@ control-l1-f0.25-W                             control    layers=1 fraction=0.25
 codistill-a0.1-k40-l1-deep3-lead0-f0.25-W      codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=W
 kd-l1-deep3-f0.25-W                            kd         layers=1 peer_layers=3 fraction=0.25 budget=W
 "
-# The search's first step (SCENARIOS=sizes6): the 6+6 model alone beside the 3+3 one.
-GRID_SIZES_6="
+# The search for that regime (SCENARIOS=sizes-search): lone models of 1+1, 3+3 and 6+6 layers
+# on a quarter of the data for W, and of 1+1 and 3+3 for 3W (a bigger model needs a longer
+# budget to overtake a smaller one).
+GRID_SIZES_SEARCH="
 codistill-a0.1-k40                             codistill
 control-l6-f0.25-W                             control    layers=6 fraction=0.25 budget=W
 control-f0.25-W                                control    fraction=0.25 budget=W
+control-l1-f0.25-W                             control    layers=1 fraction=0.25 budget=W
+control-l1-f0.25-3W                            control    layers=1 fraction=0.25 budget=3W
+control-f0.25-3W                               control    fraction=0.25 budget=3W
 "
 SCENARIOS=${SCENARIOS:-0}
 case "$SCENARIOS" in
-    0 | 1 | sizes | sizes6) ;;
-    *) echo "study: SCENARIOS=$SCENARIOS: use 0 (the map), 1 (stragglers, preemption), sizes or sizes6" >&2; exit 1 ;;
+    0 | 1 | sizes | sizes-search) ;;
+    *) echo "study: SCENARIOS=$SCENARIOS: use 0 (the map), 1 (stragglers, preemption), sizes or sizes-search" >&2; exit 1 ;;
 esac
 if [[ "$SCENARIOS" == sizes* ]]; then
-    if [[ "$SCENARIOS" == sizes6 ]]; then GRID=${GRID:-$GRID_SIZES_6}; fi
+    if [[ "$SCENARIOS" == sizes-search ]]; then GRID=${GRID:-$GRID_SIZES_SEARCH}; fi
     GRID=${GRID:-$GRID_SIZES}
     ORDER=${ORDER:-seeds}
     STUDY_DIR=${STUDY_DIR:-study-sizes}
