@@ -158,6 +158,56 @@ def test_two_sizes_compare_codistillation_with_two_phase_kd_and_the_small_model_
     assert "codi-deep6model1 (big)" in details and "kd-deep6student" in details
 
 
+def test_two_sizes_on_more_data_take_their_own_lone_models_and_state_the_premise(runs, tmp_path):
+    """The sizes scenario on a quarter of the data: its small model alone is the control on
+    that data, not the equal-speed one, and the control as deep as the big peer is the big
+    model alone, against which the premise (big alone better than small alone) is judged."""
+    quarter = {**SETTING, "fraction": 0.25}
+    b = {"budget": 100.0}
+    for seed in (1, 2):
+        write_line(runs, "codi-deep6-f25", "codistill", seed, [(150, 100, 4.9, 16.0 + seed), (60, 100, 4.7, 18.0)],
+                   setting=quarter, max_lead=0, alpha=0.1, interval=40, peer_layers=6, **b)
+        write_line(runs, "kd-deep6-f25", "kd", seed, [(90, 50, 5.0, 15.0)], setting=quarter, peer_layers=6,
+                   teacher_share=0.5, kd_loss="kl", kd_alpha=1.0, interval=40, **b)
+        write_line(runs, "alone-f25", "control", seed, [(180, 100, 5.2, 13.0)], setting=quarter, **b)
+        write_line(runs, "alone-l6-f25", "control", seed, [(90, 100, 5.0, 14.0 + seed)],
+                   setting={**quarter, "layers": 6}, **b)
+    # a step of the search for the premise, on the same data: shown with the scenario's lines
+    write_line(runs, "alone-l9-f25", "control", 1, [(40, 100, 6.0, 7.0)], setting={**quarter, "layers": 9}, **b)
+    # and a lone small model for 3W: a longer budget, so not the scenario's lone model
+    write_line(runs, "alone-3W-f25", "control", 1, [(540, 300, 4.0, 19.0)], setting=quarter, budget=300.0)
+    lines = scenarios.Lines(study.load_study(runs))
+    assert lines.get("equal", scenarios.ALONE).name == "alone"
+    assert lines.get("sizes", scenarios.ALONE).name == "alone-f25"
+    assert lines.get("sizes", scenarios.BIG_ALONE).name == "alone-l6-f25"
+    assert lines.get("equal", scenarios.BIG_ALONE) is None
+    # the codistilled small model 17.5 ± 0.5 against 13.0 alone on the same data
+    assert ["two model sizes", "the fast model alone", "better (+4.50, spread 1.00)",
+            "better (-0.300, spread 0.000)", "1,2"] in rows_of(scenarios.verdicts(lines))
+    assert "| the big model alone | - | - | 15.50 ± 0.50 |" in "\n".join(scenarios.which_method(lines))
+    premise = " ".join(scenarios.premise(lines))
+    assert "BLEU better (+2.50, spread 1.00), validation NLL better (-0.200, spread 0.000) (seeds 1,2)" in premise
+    block = "\n".join(scenarios.readme_block(study.load_study(runs)))
+    assert "| the fast model alone | 14.00 ± 0.00 | 14.00 ± 0.00 | not run | 13.00 ± 0.00 |" in block
+    assert premise in block
+    # no goodput against the equal-speed pair: the sizes pair's model 1 is another model
+    details = scenarios.details(lines, "sizes")
+    pair = [r for r in details if r.startswith("| codi-deep6-f25 |")]
+    assert len(pair) == 2 and all(r.split(" | ")[5] == "-" for r in pair)
+    assert any(r.startswith("| alone-l9-f25 | job | 1 | 100 | 40 | 1 |") for r in details)
+    assert any(r.startswith("| alone-3W-f25 | job | 1 | 300 | 540 | 1 |") for r in details)
+    assert not any(r.startswith("| alone-l9-f25 |") for r in scenarios.details(lines, "equal"))
+
+
+def test_a_line_run_again_in_another_study_run_is_kept_apart(runs):
+    write_line(runs / "rerun", "regime", "codistill", 1, [(480, 90, 4.8, 16.0)] * 2, regime=True,
+               alpha=0.1, gamma=1.1, interval=40, peer_layers=3)
+    groups = {g.name: g for g in study.load_study(runs)}
+    assert sorted(groups["regime"].runs) == [1, 2] and sorted(groups["regime (rerun)"].runs) == [1]
+    assert groups["regime"].stat(study.score("bleu", "last")).mean == 15.0
+    assert study.regime_of(study.load_study(runs)).name == "regime"
+
+
 def test_the_readmes_table_has_every_scenario_and_the_verdicts_naming_the_measure(runs, tmp_path):
     block = scenarios.readme_block(study.load_study(runs))
     assert block[0] == scenarios.BEGIN and block[-1] == scenarios.END

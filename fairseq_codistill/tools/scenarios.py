@@ -6,15 +6,19 @@ A scenario's line has ``budget`` (seconds, W) in its ``study.json``, and ``slowd
 or ``preempt`` ([AT, FOR] seconds) where a fault is injected into model 1 (rank 1, or the
 whole job, of all-reduce). Model 0 is the fast model: the one a user keeps when a worker
 is slow. Two model sizes: a pair whose model 1 is deeper (``peer_layers``) and the ``kd``
-line, whose model 0 is a student trained after its teacher. Goodput is a model's updates per second divided by the same model's in the same
-method's line with no fault, on the same seed (``recipes/study.sh`` measures W and then
-every line of a seed in one run, each with the machine to itself).
+line, whose model 0 is a student trained after its teacher, beside the small and the big
+model alone (control lines, told apart by their depth; the scenario may train on another
+fraction of the data than the rest). Goodput is a model's updates per second divided by
+the same model's in the same method's line with no fault, on the same seed
+(``recipes/study.sh`` measures W and then every line of a seed in one run, each with the
+machine to itself).
 """
 import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_codistill.tools.runs import Series, curve, updates_done, wall_seconds
+from fairseq_codistill.tools.study import SETTING
 
 SCENARIOS = (("equal", "equal speed"), ("straggler", "2x straggler"), ("preemption", "preemption"),
              ("sizes", "two model sizes"))
@@ -26,8 +30,10 @@ METHODS = (("all-reduce (2 ranks)", ("baseline", False, False)),
            ("DiLoCo, asynchronous", ("diloco", True, False)),
            ("codistillation (never waits)", ("codistill", False, True)),
            ("the fast model alone", ("control", False, False)),
-           ("two-phase KD (the big model, then the small one from it)", ("kd", False, False)))
-CODISTILL, ALONE, KD = METHODS[5][0], METHODS[6][0], METHODS[7][0]
+           ("two-phase KD (the big model, then the small one from it)", ("kd", False, False)),
+           # a lone model too, told apart by its depth: the premise of the sizes scenario
+           ("the big model alone", None))
+CODISTILL, ALONE, KD, BIG_ALONE = METHODS[5][0], METHODS[6][0], METHODS[7][0], METHODS[8][0]
 
 
 def scenario_of(group) -> str:
@@ -95,24 +101,64 @@ def valid_by_wall(series: Series) -> Tuple[List[float], List[float]]:
 
 # -- the tables ------------------------------------------------------------------------------
 class Lines:
-    """A study's timed groups by scenario and method."""
+    """A study's timed groups of one language pair by scenario and method. The lone model
+    of a scenario is the control line on the data and the model of that scenario's other
+    lines (the sizes scenario may train on more data than the rest); in the sizes scenario,
+    the control line as deep as the big peer is the big model alone."""
 
     def __init__(self, groups: Sequence):
         self.groups = [g for g in groups if g.timed and method_of(g) is not None]
         self.by: Dict[Tuple[str, str], object] = {}
+        self.other_lone: Dict[str, list] = {}  # scenario -> lone models on its data, of other sizes
+        lone = [g for g in self.groups if g.kind == "control"]
         for g in self.groups:
-            self.by.setdefault((scenario_of(g), method_of(g)), g)
+            if g.kind != "control":
+                self.by.setdefault((scenario_of(g), method_of(g)), g)
+        for key, _ in SCENARIOS:
+            ran = [g for (s, _), g in self.by.items() if s == key]
+            if not ran:
+                continue
+            fraction, layers = _data_and_model(ran[0])
+            timed_alike = [c for c in lone if _same_budget(c, ran[0])]
+            self._put(key, ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, layers)])
+            if key == "sizes":
+                big = next((g.params.get("peer_layers") for g in ran if g.params.get("peer_layers")), None)
+                self._put(key, BIG_ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, big)])
+                self.other_lone[key] = [c for c in lone if _data_and_model(c)[0] == fraction
+                                        and c not in (self.get(key, ALONE), self.get(key, BIG_ALONE))]
+        if lone and not self.by:  # only lone models: they train at equal speed
+            self.by[("equal", ALONE)] = lone[0]
         self.scenarios = [(key, label) for key, label in SCENARIOS
                           if any(s == key for s, _ in self.by)]
 
+    def _put(self, scenario: str, method: str, found: list) -> None:
+        if found:
+            self.by[(scenario, method)] = found[0]
+
     def get(self, scenario: str, method: str):
-        if method == ALONE:  # the fast model alone has no fault to suffer: one line for all
-            return self.by.get((scenario, ALONE)) or self.by.get(("equal", ALONE))
         return self.by.get((scenario, method))
 
     def reference(self, group):
-        """The same method's line at equal speed."""
+        """The same method's line at equal speed (a lone model is its own; the sizes
+        scenario's pair has none: its model 1 is another model)."""
+        if group.kind == "control":
+            return group
+        if scenario_of(group) == "sizes":
+            return None
         return self.by.get(("equal", method_of(group)))
+
+
+def _same_budget(a, b) -> bool:
+    """Both lines trained for the same budget on every seed both ran (W is per seed)."""
+    seeds = set(a.metas) & set(b.metas)
+    return bool(seeds) and all(abs(a.metas[s].get("budget", 0) - b.metas[s].get("budget", 0)) < 1
+                               for s in seeds)
+
+
+def _data_and_model(group) -> Tuple[float, int]:
+    """(fraction, layers) of a line's setting: the data it trains on and its model 0."""
+    setting = dict(zip(SETTING, group.setting))
+    return setting["fraction"], setting["layers"]
 
 
 def _by_seed(group, figure, model: int = 0) -> Dict[int, float]:
@@ -235,12 +281,26 @@ def _verdict_rows(lines: Lines) -> List[List[str]]:
     return rows
 
 
+def premise(lines: Lines) -> List[str]:
+    """The sizes scenario asks for a big model that alone translates better than the small
+    one alone: the big model alone against the small one alone, in both measures."""
+    small, big = lines.get("sizes", ALONE), lines.get("sizes", BIG_ALONE)
+    if small is None or big is None:
+        return []
+    seeds = sorted(set(small.runs) & set(big.runs))
+    return [f"The premise of two model sizes, the big model alone against the small model alone "
+            f"at W (big minus small): BLEU {_judge(_by_seed(big, bleu_last), _by_seed(small, bleu_last), True, 2)}, "
+            f"validation NLL {_judge(_by_seed(big, valid_at_end), _by_seed(small, valid_at_end), False, 3)} "
+            f"(seeds {','.join(map(str, seeds))}). Where the big model is not better, the scenario "
+            "measures codistillation with a peer that has less to teach than it should."]
+
+
 def details(lines: Lines, scenario: str) -> List[str]:
-    header = ["line", "model", "seeds", "W (s)", "updates at W", "goodput", "goodput (in run)",
-              "val NLL at W", "BLEU", "BLEU (best)", "chrF"]
+    header = ["line", "model", "seeds", "budget (s)", "updates reached", "goodput", "goodput (in run)",
+              "val NLL at the end", "BLEU", "BLEU (best)", "chrF"]
     rows = []
-    for method, _ in METHODS:
-        g = lines.get(scenario, method)
+    shown = [lines.get(scenario, method) for method, _ in METHODS] + lines.other_lone.get(scenario, [])
+    for g in shown:
         if g is None:
             continue
         seeds = sorted(g.runs)
@@ -252,7 +312,7 @@ def details(lines: Lines, scenario: str) -> List[str]:
                                                else " (big)" if model == 1 and scenario == "sizes" else ""),
                          ",".join(str(s) for s in seeds), _fmt(budgets, 0),
                          _fmt(_by_seed(g, updates_done, model), 0),
-                         _fmt(_goodput(g, reference, model), 2, seeds) if g is not reference else "1",
+                         "1" if g is reference else _fmt(_goodput(g, reference, model), 2, seeds),
                          _fmt(_goodput_in_run(g), 2, seeds) if model == 0 else "-",
                          _fmt(_by_seed(g, valid_at_end, model), 3), _fmt(_by_seed(g, bleu_last, model), 2),
                          _fmt(_by_seed(g, bleu_best, model), 2), _fmt(_by_seed(g, chrf_last, model), 2)])
@@ -317,8 +377,8 @@ def readme_block(groups: Sequence) -> List[str]:
     timed = [g for g in groups if g.timed and method_of(g) is not None]
     if not timed:
         return [BEGIN, "No scenario has run yet.", END]
-    setting = _settings_most_seeds_first(timed)[0]
-    lines = Lines([g for g in timed if g.setting == setting])
+    pair = _pairs_most_seeds_first(timed)[0]
+    lines = Lines([g for g in timed if _pair(g) == pair])
     seeds = sorted({s for g in lines.groups for s in g.runs})
     ran = {key for key, _ in lines.scenarios}
     rows = []
@@ -328,7 +388,7 @@ def readme_block(groups: Sequence) -> List[str]:
                  for key, _ in SCENARIOS]
         if any(c != "not run" for c in cells):
             rows.append([method] + cells)
-    text = [BEGIN, "", f"BLEU at equal wall time W ({setting[0]}, seed{'s' if len(seeds) > 1 else ''} "
+    text = [BEGIN, "", f"BLEU at equal wall time W ({pair}, seed{'s' if len(seeds) > 1 else ''} "
             f"{','.join(map(str, seeds))}; "
             "mean ± half the spread, the fast model's last checkpoint):", ""]
     text += _markdown(["method"] + [label for _, label in SCENARIOS], rows) + [""]
@@ -337,6 +397,7 @@ def readme_block(groups: Sequence) -> List[str]:
              "and the fast model alone, on the seeds both ran (codistillation minus the other); "
              "better or worse only beyond the larger spread of the two:", ""]
     text += _markdown(["scenario", "against", "BLEU at W", "validation NLL at W", "seeds"], wanted)
+    text += [""] + premise(lines) if premise(lines) else []
     return text + ["", END]
 
 
@@ -361,18 +422,23 @@ def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
         "| " + " | ".join(r) + " |" for r in rows]
 
 
-def _settings_most_seeds_first(timed: Sequence) -> List[tuple]:
-    return sorted({g.setting for g in timed},
-                  key=lambda st: (-len({s for g in timed if g.setting == st for s in g.runs}), st))
+def _pairs_most_seeds_first(timed: Sequence) -> List[str]:
+    """The language pairs of the timed lines, most seeds first (then by name)."""
+    return sorted({_pair(g) for g in timed},
+                  key=lambda pair: (-len({s for g in timed if _pair(g) == pair for s in g.runs}), pair))
+
+
+def _pair(group) -> str:
+    return group.setting[0] or "?"
 
 
 def report(out: Path, groups: Sequence) -> List[str]:
     """The scenarios' section of study.md (nothing when the study has no timed line): one
-    part per language pair (setting), the one with most seeds first."""
+    part per language pair, the one with most seeds first."""
     timed = [g for g in groups if g.timed and method_of(g) is not None]
     if not timed:
         return []
-    settings = _settings_most_seeds_first(timed)
+    pairs = _pairs_most_seeds_first(timed)
     text = ["## Which method? Equal wall time", "",
             "BLEU of the fast model's last checkpoint at the budget W (model 0; all-reduce is one "
             "job), mean ± half the spread (max - min) over seeds; a cell names its seeds where "
@@ -382,11 +448,10 @@ def report(out: Path, groups: Sequence) -> List[str]:
             "NLL at W: the gap (codistillation minus the other; NLL lower is better), and "
             "better or worse only beyond the larger spread (max - min) of the two there. One seed "
             "has no spread: its gap is shown, with no verdict.", ""]
-    for setting in settings:
-        lines = Lines([g for g in timed if g.setting == setting])
-        pair = setting[0] or "?"
-        named = pair if sum(st[0] == setting[0] for st in settings) == 1 else "-".join(map(str, setting))
+    for named in pairs:
+        lines = Lines([g for g in timed if _pair(g) == named])
         text += [f"### {named}", ""] + which_method(lines) + [""] + verdicts(lines) + [""]
+        text += premise(lines) + [""] if premise(lines) else []
         for scenario, label in lines.scenarios:
             text += [f"#### {named}, {label}", ""] + details(lines, scenario) + [""]
             name = plot(out, lines, scenario, f"{named}, {label}", f"{named}_{scenario}")

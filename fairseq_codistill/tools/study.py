@@ -154,8 +154,9 @@ def allreduce_bytes(series: Series, workers: int = 2) -> Optional[float]:
 # -- loading -----------------------------------------------------------------------------
 def load_study(root: Path) -> List[Group]:
     # a line's name and setting: the scenarios run lines of one name on each language pair
-    groups: Dict[Tuple[str, tuple], Group] = {}
-    for meta_path in sorted(Path(root).rglob("study.json")):
+    groups: Dict[tuple, Group] = {}
+    root = Path(root)
+    for meta_path in sorted(root.rglob("study.json")):
         meta = json.loads(meta_path.read_text())
         if meta.get("kind") not in KINDS:
             raise ValueError(f"{meta_path}: kind must be one of {KINDS} (got {meta.get('kind')!r})")
@@ -166,14 +167,19 @@ def load_study(root: Path) -> List[Group]:
         if not series:
             continue
         setting = tuple(meta.get(k) for k in SETTING)
-        group = groups.setdefault((meta["group"], setting), Group(
-            meta["group"], meta["kind"], _params(meta), setting))
+        name, key, seed = meta["group"], (meta["group"], setting), int(meta["seed"])
+        if key in groups and seed in groups[key].runs:
+            # the same line and seed from another study run (the W line each scenarios'
+            # run measures again on its machine): kept apart, named by its folder
+            source = meta_path.parent.parent.parent.relative_to(root).as_posix()
+            name, key = f"{name} ({source})", key + (source,)
+        group = groups.setdefault(key, Group(name, meta["kind"], _params(meta), setting))
         group.regime = group.regime or bool(meta.get("regime"))
-        group.runs[int(meta["seed"])] = series
-        group.metas[int(meta["seed"])] = meta
+        group.runs[seed] = series
+        group.metas[seed] = meta
         launch = meta_path.parent / "launch.json"
         if launch.is_file():
-            group.launches[int(meta["seed"])] = json.loads(launch.read_text())
+            group.launches[seed] = json.loads(launch.read_text())
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(groups.values(), key=lambda g: (order[g.kind], not g.regime, g.name))
 
