@@ -113,7 +113,14 @@ def test_lines_of_fewer_seeds_compare_on_the_seeds_both_ran(runs):
                alpha=0.1, gamma=1.1, interval=40, peer_layers=3)
     write_line(runs, "codi-slow", "codistill", 3, [(147, 100, 5.1, 30.0), (75, 100, 5.5, 12.0)],
                max_lead=0, alpha=0.1, interval=40, peer_layers=3, slowdown=2.0, **b)
+    # a preemption run on seeds 1,2 for LocalSGD and on seed 3 for codistillation: no verdict
+    for seed, name, kind, extra in ((1, "lsgd-async-pre", "localsgd", {"asynchronous": True}),
+                                    (2, "lsgd-async-pre", "localsgd", {"asynchronous": True}),
+                                    (3, "codi-pre", "codistill", {"max_lead": 0, "alpha": 0.1, "peer_layers": 3})):
+        write_line(runs, name, kind, seed, [(150, 100, 5.0, 16.0)] * 2, interval=40, preempt=[30, 20], **extra, **b)
     lines = scenarios.Lines(study.load_study(runs))
+    assert ["preemption", "the best asynchronous averaging (LocalSGD, asynchronous)", "-", "-",
+            "none in common"] in rows_of(scenarios.verdicts(lines))
     # codistillation's seed 3 (BLEU 30) is left out against async LocalSGD (seeds 1, 2 only)
     assert ["2x straggler", "the best asynchronous averaging (LocalSGD, asynchronous)",
             "level (-1.00, spread 1.00)", "level (+0.000, spread 0.000)", "1,2"] in rows_of(scenarios.verdicts(lines))
@@ -197,6 +204,25 @@ def test_two_sizes_on_more_data_take_their_own_lone_models_and_state_the_premise
     assert any(r.startswith("| alone-l9-f25 | job | 1 | 100 | 40 | 1 |") for r in details)
     assert any(r.startswith("| alone-3W-f25 | job | 1 | 300 | 540 | 1 |") for r in details)
     assert not any(r.startswith("| alone-l9-f25 |") for r in scenarios.details(lines, "equal"))
+
+
+def test_a_scenario_run_at_two_budgets_takes_the_longest_and_its_lone_models(runs):
+    """The sizes pair for W and for 3W: the tables take the 3W line and the lone models
+    trained for 3W; the W lines stay in the details."""
+    quarter = {**SETTING, "fraction": 0.25}
+    for budget, suffix in ((100.0, "W"), (300.0, "3W")):
+        write_line(runs, f"codi-deep6-{suffix}", "codistill", 1, [(150, budget, 4.9, 16.0), (60, budget, 4.7, 18.0)],
+                   setting=quarter, max_lead=0, alpha=0.1, interval=40, peer_layers=6, budget=budget)
+        write_line(runs, f"alone-{suffix}", "control", 1, [(180, budget, 5.2, 13.0 if budget < 200 else 14.0)],
+                   setting=quarter, budget=budget)
+        write_line(runs, f"alone-l6-{suffix}", "control", 1, [(90, budget, 5.0, 10.0 if budget < 200 else 15.0)],
+                   setting={**quarter, "layers": 6}, budget=budget)
+    lines = scenarios.Lines(study.load_study(runs))
+    assert [lines.get("sizes", m).name for m in (scenarios.CODISTILL, scenarios.ALONE, scenarios.BIG_ALONE)] == \
+        ["codi-deep6-3W", "alone-3W", "alone-l6-3W"]
+    assert "BLEU +1.00" in " ".join(scenarios.premise(lines))  # 15.0 against 14.0, one seed
+    shown = [r.split(" | ")[0].strip("| ") for r in scenarios.details(lines, "sizes")[2:]]
+    assert {"codi-deep6-W", "alone-W", "alone-l6-W"} <= set(shown)
 
 
 def test_a_line_run_again_in_another_study_run_is_kept_apart(runs):

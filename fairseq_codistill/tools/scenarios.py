@@ -103,17 +103,22 @@ def valid_by_wall(series: Series) -> Tuple[List[float], List[float]]:
 class Lines:
     """A study's timed groups of one language pair by scenario and method. The lone model
     of a scenario is the control line on the data and the model of that scenario's other
-    lines (the sizes scenario may train on more data than the rest); in the sizes scenario,
-    the control line as deep as the big peer is the big model alone."""
+    lines (the sizes scenario may train on more data than the rest), for the same budget; in
+    the sizes scenario, the control line as deep as the big peer is the big model alone. A
+    scenario run at several budgets (the sizes scenario: W, where its premise failed, then
+    3W): the tables take each method's longest, and its details show the rest."""
 
     def __init__(self, groups: Sequence):
         self.groups = [g for g in groups if g.timed and method_of(g) is not None]
         self.by: Dict[Tuple[str, str], object] = {}
-        self.other_lone: Dict[str, list] = {}  # scenario -> lone models on its data, of other sizes
+        self.others: Dict[str, list] = {}  # scenario -> its lines the tables do not take
         lone = [g for g in self.groups if g.kind == "control"]
-        for g in self.groups:
-            if g.kind != "control":
-                self.by.setdefault((scenario_of(g), method_of(g)), g)
+        # a scenario run at several budgets: the tables take each method's longest
+        for g in sorted((g for g in self.groups if g.kind != "control"), key=lambda g: -_budget(g)):
+            key = (scenario_of(g), method_of(g))
+            if key in self.by:
+                self.others.setdefault(key[0], []).append(g)
+            self.by.setdefault(key, g)
         for key, _ in SCENARIOS:
             ran = [g for (s, _), g in self.by.items() if s == key]
             if not ran:
@@ -124,8 +129,10 @@ class Lines:
             if key == "sizes":
                 big = next((g.params.get("peer_layers") for g in ran if g.params.get("peer_layers")), None)
                 self._put(key, BIG_ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, big)])
-                self.other_lone[key] = [c for c in lone if _data_and_model(c)[0] == fraction
-                                        and c not in (self.get(key, ALONE), self.get(key, BIG_ALONE))]
+                # the lone models of the search for the premise, on the same data
+                self.others.setdefault(key, []).extend(
+                    c for c in lone if _data_and_model(c)[0] == fraction
+                    and c not in (self.get(key, ALONE), self.get(key, BIG_ALONE)))
         if lone and not self.by:  # only lone models: they train at equal speed
             self.by[("equal", ALONE)] = lone[0]
         self.scenarios = [(key, label) for key, label in SCENARIOS
@@ -146,6 +153,10 @@ class Lines:
         if scenario_of(group) == "sizes":
             return None
         return self.by.get(("equal", method_of(group)))
+
+
+def _budget(group) -> float:
+    return max(m.get("budget", 0) for m in group.metas.values())
 
 
 def _same_budget(a, b) -> bool:
@@ -277,7 +288,8 @@ def _verdict_rows(lines: Lines) -> List[List[str]]:
             rows.append([label, name,
                          _judge(_by_seed(ours, bleu_last), _by_seed(other, bleu_last), True, 2),
                          _judge(_by_seed(ours, valid_at_end), _by_seed(other, valid_at_end), False, 3),
-                         ",".join(map(str, seeds)) + (" (no verdict)" if len(seeds) == 1 else "")])
+                         ",".join(map(str, seeds)) + (" (no verdict)" if len(seeds) == 1 else "")
+                         if seeds else "none in common"])
     return rows
 
 
@@ -288,18 +300,20 @@ def premise(lines: Lines) -> List[str]:
     if small is None or big is None:
         return []
     seeds = sorted(set(small.runs) & set(big.runs))
+    bleu = _judge(_by_seed(big, bleu_last), _by_seed(small, bleu_last), True, 2)
+    nll = _judge(_by_seed(big, valid_at_end), _by_seed(small, valid_at_end), False, 3)
+    on = f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
     return [f"The premise of two model sizes, the big model alone against the small model alone "
-            f"at W (big minus small): BLEU {_judge(_by_seed(big, bleu_last), _by_seed(small, bleu_last), True, 2)}, "
-            f"validation NLL {_judge(_by_seed(big, valid_at_end), _by_seed(small, valid_at_end), False, 3)} "
-            f"(seeds {','.join(map(str, seeds))}). Where the big model is not better, the scenario "
-            "measures codistillation with a peer that has less to teach than it should."]
+            f"at W (big minus small): BLEU {bleu}, validation NLL {nll} ({on}). Where the big model "
+            "is not better, the scenario measures codistillation with a peer that has less to "
+            "teach than it should."]
 
 
 def details(lines: Lines, scenario: str) -> List[str]:
     header = ["line", "model", "seeds", "budget (s)", "updates reached", "goodput", "goodput (in run)",
               "val NLL at the end", "BLEU", "BLEU (best)", "chrF"]
     rows = []
-    shown = [lines.get(scenario, method) for method, _ in METHODS] + lines.other_lone.get(scenario, [])
+    shown = [lines.get(scenario, method) for method, _ in METHODS] + lines.others.get(scenario, [])
     for g in shown:
         if g is None:
             continue
