@@ -304,8 +304,8 @@ def premise(lines: Lines) -> List[str]:
     nll = _judge(_by_seed(big, valid_at_end), _by_seed(small, valid_at_end), False, 3)
     on = f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
     return [f"The premise of two model sizes, the big model alone against the small model alone "
-            f"at W (big minus small): BLEU {bleu}, validation NLL {nll} ({on}). Where the big model "
-            "is not better, the scenario measures codistillation with a peer that has less to "
+            f"for the scenario's budget (big minus small): BLEU {bleu}, validation NLL {nll} ({on}). Where the "
+            "big model is not better, the scenario measures codistillation with a peer that has less to "
             "teach than it should."]
 
 
@@ -404,7 +404,8 @@ def readme_block(groups: Sequence) -> List[str]:
             rows.append([method] + cells)
     text = [BEGIN, "", f"BLEU at equal wall time W ({pair}, seed{'s' if len(seeds) > 1 else ''} "
             f"{','.join(map(str, seeds))}; "
-            "mean ± half the spread, the fast model's last checkpoint):", ""]
+            "mean ± half the spread, the fast model's last checkpoint; a scenario run for its "
+            "own multiple of W names it in docs/study.md):", ""]
     text += _markdown(["method"] + [label for _, label in SCENARIOS], rows) + [""]
     wanted = [r for r in _verdict_rows(lines) if r[1].startswith("the best asynchronous") or r[1] in (ALONE, KD)]
     text += ["Codistillation (never waits) against the best asynchronous averaging, two-phase KD "
