@@ -296,3 +296,14 @@ def test_environment_names_the_cpu_precision_versions_and_commit():
     env = results.environment(precision="bf16", device="cpu", threads=2)
     assert env["precision"] == "bf16" and env["threads"] == 2 and env["torch"].startswith("2.")
     assert env["cpu"] and len(env["commit"].split("-")[0]) == 40 and env["date"].endswith("Z")
+
+
+def test_the_lone_model_stands_at_equal_speed_where_no_other_line_ran(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (1, 2):
+        write_line(runs, "codi-slow", "codistill", seed, [(147, 100, 5.1, 14.0 + seed), (75, 100, 5.5, 12.0)],
+                   max_lead=0, alpha=0.1, interval=40, peer_layers=3, slowdown=2.0, budget=100.0)
+        write_line(runs, "alone", "control", seed, [(180, 100, 5.3, 14.0)], budget=100.0)
+    table = "\n".join(scenarios.which_method(scenarios.Lines(study.load_study(runs))))
+    assert "| method | equal speed | 2x straggler |" in table
+    assert "| the fast model alone | 14.00 ± 0.00 | 14.00 ± 0.00 |" in table

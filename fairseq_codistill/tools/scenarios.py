@@ -133,8 +133,10 @@ class Lines:
                 self.others.setdefault(key, []).extend(
                     c for c in lone if _data_and_model(c)[0] == fraction
                     and c not in (self.get(key, ALONE), self.get(key, BIG_ALONE)))
-        if lone and not self.by:  # only lone models: they train at equal speed
-            self.by[("equal", ALONE)] = lone[0]
+        # a lone model suffers no fault: the straggler's or the preemption's is one at equal speed
+        faulty = [self.get(key, ALONE) for key in ("straggler", "preemption") if self.get(key, ALONE)]
+        if ("equal", ALONE) not in self.by and (faulty or lone):
+            self.by[("equal", ALONE)] = (faulty or lone)[0]
         self.scenarios = [(key, label) for key, label in SCENARIOS
                           if any(s == key for s, _ in self.by)]
 
