@@ -414,7 +414,8 @@ def readme_block(groups: Sequence) -> List[str]:
              "and the fast model alone, on the seeds both ran (codistillation minus the other); "
              "better or worse only beyond the larger spread of the two:", ""]
     text += _markdown(["scenario", "against", "BLEU at W", "validation NLL at W", "seeds"], wanted)
-    text += [""] + premise(lines) if premise(lines) else []
+    sentence = premise(lines)
+    text += [""] + sentence if sentence else []
     return text + ["", END]
 
 
@@ -468,7 +469,8 @@ def report(out: Path, groups: Sequence) -> List[str]:
     for named in pairs:
         lines = Lines([g for g in timed if _pair(g) == named])
         text += [f"### {named}", ""] + which_method(lines) + [""] + verdicts(lines) + [""]
-        text += premise(lines) + [""] if premise(lines) else []
+        sentence = premise(lines)
+        text += sentence + [""] if sentence else []
         for scenario, label in lines.scenarios:
             text += [f"#### {named}, {label}", ""] + details(lines, scenario) + [""]
             name = plot(out, lines, scenario, f"{named}, {label}", f"{named}_{scenario}")
