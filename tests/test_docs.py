@@ -103,3 +103,36 @@ def test_the_readmes_which_method_table_is_what_the_committed_results_generate()
     assert block == "\n".join(scenarios.readme_block(study.load_study(REPO / "results" / "study"))), (
         "README.md's which-method block differs from what results/ generates: run "
         "fairseq-codistill-report --study results/study --out docs --readme README.md")
+
+
+def test_benchmarks_page_is_what_the_kept_runs_generate():
+    from fairseq_codistill.tools import benchmarks_page
+    committed = (REPO / "docs" / "benchmarks.md").read_text()
+    assert committed == benchmarks_page.render(), \
+        "docs/benchmarks.md is stale: python -m fairseq_codistill.tools.benchmarks_page --out docs/benchmarks.md"
+    for kept in sorted((REPO / "results" / "benchmarks").glob("*.txt")):
+        assert f"]({'../results/benchmarks/' + kept.name})" in committed
+
+
+def test_benchmarks_page_shows_each_run_with_its_machine_and_ratios(tmp_path):
+    from fairseq_codistill.tools import benchmarks_page
+    (tmp_path / "2026-01-02-goodput.txt").write_text(
+        "# goodput: tiny transformer\n"
+        "time  codistill, straggler   20.93 updates/s\n"
+        "machine AMD EPYC (2 cores); torch 2.13.0+cpu\n"
+        "ratio goodput_codistill = 0.9047   (straggler / none)   target >= 0.95: MISSED\n"
+        "ratio goodput_allreduce = 0.5039   (straggler / none)\n")
+    (tmp_path / "2025-06-30-memory.txt").write_text("ratio peer_memory = 0.91   (rss / weights)   target <= 1.05: met\n")
+    page = benchmarks_page.render(tmp_path)
+    assert page.index("## 2026-01-02: goodput") < page.index("## 2025-06-30: memory")  # newest first
+    assert "machine: AMD EPYC (2 cores); torch 2.13.0+cpu." in page
+    assert "| `goodput_codistill` | 0.9047 | straggler / none | >= 0.95: MISSED |" in page
+    assert "| `goodput_allreduce` | 0.5039 | straggler / none | - |" in page
+    assert "| `peer_memory` | 0.91 | rss / weights | <= 1.05: met |" in page
+    assert "machine: not recorded." in page
+    assert "codistill, straggler   20.93 updates/s" in page
+
+    (tmp_path / "goodput.txt").write_text("ratio x = 1\n")
+    with pytest.raises(ValueError, match="DATE-SCRIPT.txt"):
+        benchmarks_page.render(tmp_path)
+    assert benchmarks_page.main(["--results", str(tmp_path), "--check", str(tmp_path / "page.md")]) == 2

@@ -80,15 +80,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     where.add_argument("--out", type=Path, help="write the page here (default: stdout)")
     where.add_argument("--check", type=Path, help="exit 1 if this file is not what would be written")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if not args.check.exists() or args.check.read_text() != text:
-            print(f"{args.check} is stale: python -m fairseq_codistill.tools.options_doc "
-                  f"--out {args.check}", file=sys.stderr)
+    return write_or_check(render(), args.out, args.check, "fairseq_codistill.tools.options_doc")
+
+
+def write_or_check(text: str, out: Optional[Path], check: Optional[Path], module: str) -> int:
+    """A generated page's --out (write it; stdout without) and --check (exit 1 if stale)."""
+    if check:
+        if not check.exists() or check.read_text() != text:
+            print(f"{check} is stale: python -m {module} --out {check}", file=sys.stderr)
             return 1
         return 0
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
     else:
         sys.stdout.write(text)
     return 0
