@@ -83,7 +83,7 @@ def parse(path: Path) -> Run:
 
 
 def load(directory: Path = RESULTS) -> List[Run]:
-    runs = [parse(p) for p in sorted(directory.glob("*.txt"))] if directory.is_dir() else []
+    runs = [parse(p) for p in directory.glob("*.txt")] if directory.is_dir() else []
     return sorted(runs, key=lambda r: (r.date, r.script), reverse=True)
 
 
