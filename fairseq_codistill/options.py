@@ -82,8 +82,8 @@ PEER_DTYPE = Option(
     "dtype the peers run their forward in; their logits are compared in fp32. same: the "
     "model's; auto: bf16 where it is fast (a CPU with AMX-BF16 or AVX512-BF16, a GPU that "
     "supports bf16), else same. On a CPU with AMX a bf16 peer's forward costs a fraction of "
-    "an fp32 one, and its penalty and gradient stay close to an fp32 peer's (measured in "
-    "docs/performance.md)",
+    "an fp32 one, and its penalty and gradient stay close to an fp32 peer's (benchmarks/peer_precision.py; "
+    "the runs in docs/benchmarks.md)",
     choices=PEER_DTYPES)
 MAX_STALENESS = Option("codistill_max_staleness", int, 0, "drop a peer whose snapshot is more "
                        "than this many of its updates behind ours, until a fresher one appears; "

@@ -131,6 +131,19 @@ def test_benchmarks_page_shows_each_run_with_its_machine_and_ratios(tmp_path):
     assert "| `peer_memory` | 0.91 | rss / weights | <= 1.05: met |" in page
     assert "machine: not recorded." in page
     assert "codistill, straggler   20.93 updates/s" in page
+    # the opening table: the newest run of each benchmark, its figures with a target only
+    summary = page[:page.index("## 2026-01-02: goodput")]
+    assert "| goodput | `goodput_codistill` | 0.9047 | >= 0.95: MISSED | [2026-01-02](../results/benchmarks/2026-01-02-goodput.txt), AMD EPYC (2 cores) |" in summary
+    assert "goodput_allreduce" not in summary
+
+    # a labelled run is another benchmark; an older run of the same one leaves the table
+    (tmp_path / "2026-01-03-memory-quick.txt").write_text("ratio peer_memory = 1.5   (rss / weights)   target <= 1.05: MISSED\n")
+    (tmp_path / "2026-01-01-goodput.txt").write_text("ratio goodput_codistill = 0.97   (straggler / none)   target >= 0.95: met\n")
+    page = benchmarks_page.render(tmp_path)
+    summary = page[:page.index("## 2026-01-03: memory (quick)")]
+    assert "| memory (quick) | `peer_memory` | 1.5 | <= 1.05: MISSED |" in summary
+    assert "| memory | `peer_memory` | 0.91 | <= 1.05: met |" in summary
+    assert "0.97" not in summary and "| `goodput_codistill` | 0.97 |" in page
 
     (tmp_path / "goodput.txt").write_text("ratio x = 1\n")
     with pytest.raises(ValueError, match="DATE-SCRIPT.txt"):

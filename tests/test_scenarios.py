@@ -245,6 +245,7 @@ def test_the_readmes_table_has_every_scenario_and_the_verdicts_naming_the_measur
            "level (-1.00, spread 1.00) | level (+0.000, spread 0.000) | 1,2 |" in text
     assert "| equal speed | the fast model alone | better (+1.00, spread 0.00) |" in text
     assert "| LocalSGD |" not in text.split("Codistillation (never waits) against")[1]  # the table's only
+    assert "equal speed: Test CPU (seeds 1,2); 2x straggler: Test CPU (seeds 1,2)." in text
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{scenarios.BEGIN}\nold\n{scenarios.END}\n\nafter\n")
     assert scenarios.write_readme(readme, study.load_study(runs))
@@ -307,3 +308,18 @@ def test_the_lone_model_stands_at_equal_speed_where_no_other_line_ran(tmp_path):
     table = "\n".join(scenarios.which_method(scenarios.Lines(study.load_study(runs))))
     assert "| method | equal speed | 2x straggler |" in table
     assert "| the fast model alone | 14.00 ± 0.00 | 14.00 ± 0.00 |" in table
+
+
+def test_the_readmes_table_names_the_machine_of_each_scenarios_seeds(runs):
+    """A column may join seeds run on different machines: the line under the table says
+    which CPU ran which seeds, per scenario, from each run's study.json."""
+    for name, kind, models, meta in (("codi-slow", "codistill", [(147, 100, 5.1, 15.0), (75, 100, 5.5, 12.0)],
+                                      {"max_lead": 0, "peer_layers": 3, "slowdown": 2.0, "alpha": 0.1, "interval": 40}),
+                                     ("alone", "control", [(180, 100, 5.3, 14.0)], {})):
+        write_line(runs, name, kind, 3, models, budget=100.0, **meta)
+        env = json.loads((runs / name / "seed3" / "study.json").read_text())
+        env["env"]["cpu"] = "Other CPU"
+        (runs / name / "seed3" / "study.json").write_text(json.dumps(env))
+    text = "\n".join(scenarios.readme_block(study.load_study(runs)))
+    assert "equal speed: Test CPU (seeds 1,2), Other CPU (seed 3); " \
+           "2x straggler: Test CPU (seeds 1,2), Other CPU (seed 3)." in text

@@ -409,6 +409,7 @@ def readme_block(groups: Sequence) -> List[str]:
             "mean ± half the spread, the fast model's last checkpoint; a scenario run for its "
             "own multiple of W names it in docs/study.md):", ""]
     text += _markdown(["method"] + [label for _, label in SCENARIOS], rows) + [""]
+    text += [machines(lines), ""]
     wanted = [r for r in _verdict_rows(lines) if r[1].startswith("the best asynchronous") or r[1] in (ALONE, KD)]
     text += ["Codistillation (never waits) against the best asynchronous averaging, two-phase KD "
              "and the fast model alone, on the seeds both ran (codistillation minus the other); "
@@ -417,6 +418,25 @@ def readme_block(groups: Sequence) -> List[str]:
     sentence = premise(lines)
     text += [""] + sentence if sentence else []
     return text + ["", END]
+
+
+def machines(lines: Lines) -> str:
+    """Which CPU ran each scenario's seeds (from each run's study.json): a column may join
+    seeds run on different machines, each line's W measured on its own."""
+    parts = []
+    for key, label in SCENARIOS:
+        seeds_by_cpu: Dict[str, set] = {}
+        for (scenario, _), group in lines.by.items():
+            if scenario == key:
+                for seed, meta in group.metas.items():
+                    cpu = (meta.get("env") or {}).get("cpu") or "not recorded"
+                    seeds_by_cpu.setdefault(cpu, set()).add(seed)
+        if seeds_by_cpu:
+            cpus = ", ".join(f"{cpu} (seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, sorted(seeds)))})"
+                             for cpu, seeds in sorted(seeds_by_cpu.items(), key=lambda kv: min(kv[1])))
+            parts.append(f"{label}: {cpus}")
+    return ("Machines, from each run's study.json (W is measured per seed on its own machine): "
+            + "; ".join(parts) + ".")
 
 
 def write_readme(path: Path, groups: Sequence) -> bool:
