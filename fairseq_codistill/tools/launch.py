@@ -779,6 +779,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    # Started in the background by a script (`nohup ... &`), the launcher inherits SIGINT
+    # ignored, and its jobs would too (exec keeps an ignored signal ignored): fairseq-train
+    # would sit out the SIGINT that stops it until the SIGKILL 30 s later. Catching it here
+    # starts every job with SIGINT at its default, and makes Ctrl-C work on the launcher.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     return Launcher(args, jobs).run()
 
 
