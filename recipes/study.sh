@@ -32,6 +32,7 @@
 #   SEEDS="1 2" bash recipes/study.sh            # fewer seeds
 #   DEVICE=cuda bash recipes/study.sh            # the same study on a GPU
 #   SCENARIOS=1 bash recipes/study.sh            # equal wall time: a straggler, a preemption
+#   SCENARIOS=straggler bash recipes/study.sh    # only the 2x straggler's lines (preemption: the other's)
 #   SCENARIOS=sizes bash recipes/study.sh        # equal wall time: a small model beside a big one
 #   SCENARIOS=sizes-search bash recipes/study.sh # lone models of three sizes: where a big one wins
 #
@@ -147,9 +148,20 @@ codistill-a0.1-k40-l1-deep3-lead0-f0.25-W      codistill  layers=1 peer_layers=3
 kd-l1-deep3-f0.25-W                            kd         layers=1 peer_layers=3 fraction=0.25 budget=W
 "
 SCENARIOS=${SCENARIOS:-0}
+GRID_OF="SCENARIOS=$SCENARIOS"       # which grid, for messages
 case "$SCENARIOS" in
     0 | 1 | sizes | sizes-search) ;;
-    *) echo "study: SCENARIOS=$SCENARIOS: use 0 (the map), 1 (stragglers, preemption), sizes or sizes-search" >&2; exit 1 ;;
+    # One scenario: the regime's pair (it measures W), the fast model alone and the lines
+    # whose names end in the scenario's suffix.
+    straggler | preemption)
+        suffix=-slow2
+        if [[ "$SCENARIOS" == preemption ]]; then suffix=-pre; fi
+        GRID=${GRID:-$(awk -v suffix="$suffix" \
+            '$1 == "codistill-a0.1-k40" || $1 == "control-W" || substr($1, length($1) - length(suffix) + 1) == suffix' \
+            <<< "$GRID_SCENARIOS")}
+        STUDY_DIR=${STUDY_DIR:-study-$SCENARIOS}
+        SCENARIOS=1 ;;
+    *) echo "study: SCENARIOS=$SCENARIOS: use 0 (the map), 1 (stragglers, preemption), straggler, preemption, sizes or sizes-search" >&2; exit 1 ;;
 esac
 if [[ "$SCENARIOS" == sizes* ]]; then
     if [[ "$SCENARIOS" == sizes-search ]]; then GRID=${GRID:-$GRID_SIZES_SEARCH}; fi
@@ -321,9 +333,10 @@ main() {
         echo "study: $FAIRSEQ_TRAIN not found on PATH: run 'make install' and put .venv/bin on PATH" >&2
         exit 1
     }
-    local name kind settings fractions=()
+    local name kind settings fractions=() names=" "
     while read -r name kind settings; do
         [[ -n "$name" && "$name" != \#* ]] || continue
+        names+="$name "
         case "$kind" in
             baseline | control | codistill | localsgd | diloco) ;;
             kd) [[ " $settings " == *" peer_layers="* ]] || {
@@ -332,6 +345,10 @@ main() {
         esac
         if [[ "$settings" =~ fraction=([^ ]+) ]]; then fractions+=("${BASH_REMATCH[1]}"); fi
     done <<< "$GRID"
+    for name in $GRID_LINES; do
+        [[ "$names" == *" $name "* ]] || {
+            echo "study: GRID_LINES: no line '$name' in the grid of $GRID_OF; its lines:$names" >&2; exit 1; }
+    done
     local fraction
     for fraction in $(printf '%s\n' "$TRAIN_FRACTION" "${fractions[@]}" | sort -u); do
         ( TRAIN_FRACTION=$fraction; derive

@@ -154,3 +154,22 @@ def test_a_kd_line_without_the_teachers_depth_is_refused(tmp_path):
     proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "line kd-W: kind kd needs peer_layers=N" in proc.stderr
+
+
+@pytest.mark.parametrize("scenario, other", [("straggler", "baseline-r2-W-pre"), ("preemption", "baseline-r2-W-slow2")])
+def test_one_scenario_runs_only_its_lines_and_a_line_outside_the_grid_is_refused(tmp_path, scenario, other):
+    """SCENARIOS=straggler (preemption) is the regime's pair, the fast model alone and that
+    scenario's lines; a GRID_LINES name outside it is refused before any data or run."""
+    env = dict(os.environ)
+    env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
+               SCENARIOS=scenario, GRID_LINES=f"control-W {other}", STUDY_DIR=str(tmp_path / "study"))
+    proc = subprocess.run(["bash", str(REPO / "recipes" / "study.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stdout
+    assert f"study: GRID_LINES: no line '{other}' in the grid of SCENARIOS={scenario}" in proc.stderr
+    lines = proc.stderr.split("its lines:")[1].split()
+    suffix = "-slow2" if scenario == "straggler" else "-pre"
+    assert lines[:2] == ["codistill-a0.1-k40", "control-W"]
+    assert len(lines) == 8 and all(name.endswith(suffix) for name in lines[2:])
+    assert "async-W" + suffix in " ".join(lines) and "lead0-W" + suffix in " ".join(lines)
+    assert not (tmp_path / "study").exists() and not (tmp_path / "data-bin").exists()
