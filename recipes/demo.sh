@@ -124,6 +124,22 @@ train_all() {
     trap - INT TERM
 }
 
+# record_machine: each run's env.json (CPU, precision, versions, commit), written once, when
+# the run has trained: fairseq-codistill-report --readme names the machine from it.
+record_machine() {
+    "$PYTHON" - "$DEMO_DIR" <<EOF
+import json, sys
+from pathlib import Path
+from fairseq_codistill.exchange.storage import atomic_write
+from fairseq_codistill.tools.results import environment
+env = json.dumps(environment(precision="$PRECISION", device="$DEVICE", threads=$THREADS)).encode()
+for run in ("baseline", "control", "codistill"):
+    path = Path(sys.argv[1], run, "env.json")
+    if not path.exists():
+        atomic_write(path, lambda f: f.write(env))
+EOF
+}
+
 # wait_all PID...: exit if any of them failed (its own messages are out already).
 wait_all() {
     local pid
@@ -150,6 +166,7 @@ main() {
     prepare_data
     say "training: $UPDATES updates each, $PRECISION on $DEVICE"
     train_all
+    record_machine
     say "evaluation: beam $EVAL_BEAM on the test split (sacrebleu BLEU, chrF), NLL of the valid split"
     local c=$DEMO_DIR/codistill
     # Two at a time, a core each: beam search over small batches keeps one core busy, not two.

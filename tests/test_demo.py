@@ -66,6 +66,10 @@ def test_demo_end_to_end(tmp_path, locale):
         assert result["split"] == "test" and result["num_sentences"] == 20
         # checkpoint_last is the model of the last validation; P- scores have 4 decimals
         assert float(rows[label][3]) == pytest.approx(result["valid_nll"], abs=2e-3)
+    # each run records the machine it trained on, for the README's kept demo run
+    for run in ("baseline", "control", "codistill"):
+        env = json.loads((demo / run / "env.json").read_text())
+        assert env["device"] == "cpu" and env["precision"] in ("bf16", "fp32") and env["cpu"] and env["torch"]
     ensemble = json.loads((demo / "codistill" / "ensemble" / "eval.json").read_text())
     assert ensemble["checkpoint"].count(".pt") == 2
     assert rows["codistill/ensemble"][3] == f"{ensemble['valid_nll']:.3f}"

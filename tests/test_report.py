@@ -270,3 +270,46 @@ def test_eval_refuses_missing_hypotheses(tmp_path):
     ref.write_text("open the file now please\ngood day to you all\none more\n")
     with pytest.raises(SystemExit, match="2 hypotheses for 3 references"):
         evaluate.main(["--generate", str(gen), "--reference", str(ref), "--out", str(tmp_path / "e.json")])
+
+
+def test_a_demo_run_is_kept_as_data_and_fills_the_readme_block(runs, tmp_path, capsys):
+    """--export copies plain runs' small files (no train.log); --readme fills the demo block
+    from them, the same as from the runs themselves, naming the machine of their env.json."""
+    base, codistill = runs
+    env = {"cores": 2, "cpu": "Test CPU", "precision": "bf16", "device": "cpu", "torch": "2.13.0",
+           "fairseq": "0.12.3.1"}
+    for run in runs:
+        (run / "env.json").write_text(json.dumps(env))
+    kept = tmp_path / "results" / "demo"
+    assert report.main([str(base), str(codistill), "--export", str(kept)]) == 0
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert files == ["baseline/env.json", "baseline/eval.json", "baseline/train.json",
+                     "codistill/ensemble/eval.json", "codistill/env.json", "codistill/model0/eval.json",
+                     "codistill/model0/train.json", "codistill/model1/train.json"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{report.DEMO_BEGIN}\nold text\n{report.DEMO_END}\nafter\n")
+    assert report.main([str(kept / "baseline"), str(kept / "codistill"), "--allreduce-workers", "2",
+                        "--readme", str(readme), "--out", str(tmp_path / "r")]) == 0
+    # model1 was never evaluated and logged no validation: the mean is model0's alone
+    assert readme.read_text() == "\n".join([
+        "# x", "", "before", report.DEMO_BEGIN, "",
+        "On a 2-core Test CPU, bf16 on cpu (torch 2.13.0, fairseq 0.12.3.1), it printed:", "",
+        "    codistilled models: mean val NLL 3.900 over 1 (best 3.900), mean BLEU 12.50",
+        "      vs all-reduce (baseline, 4.000, BLEU 11.25): val NLL -0.100 (better); BLEU +1.25 (better)",
+        "", report.DEMO_END, "after", ""])
+    generated = readme.read_text()
+    assert report.main([str(base), str(codistill), "--allreduce-workers", "2", "--readme", str(readme),
+                        "--out", str(tmp_path / "r")]) == 0
+    assert readme.read_text() == generated and "demo block unchanged" in capsys.readouterr().out
+
+
+def test_the_demo_block_refuses_a_readme_without_markers_and_export_a_folder_without_logs(runs, tmp_path):
+    base, codistill = runs
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="report: --readme .*README.md: no '<!-- demo: generated"):
+        report.main([str(base), str(codistill), "--readme", str(readme), "--out", str(tmp_path / "r")])
+    assert readme.read_text() == "# no markers\n"
+    with pytest.raises(SystemExit, match="--export: no train.log and no model.*/train.log in .*exchange"):
+        report.main([str(base), str(tmp_path / "exchange"), "--export", str(tmp_path / "kept")])
+    assert not (tmp_path / "kept").exists()

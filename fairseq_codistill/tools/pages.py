@@ -1,9 +1,10 @@
 """What the generated pages share (docs/options.md, docs/benchmarks.md): ``--out`` writes the
-page, ``--check`` exits 1 when the committed one is not what would be written."""
+page, ``--check`` exits 1 when the committed one is not what would be written; and the
+generated blocks of README.md, between a begin and an end marker."""
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,3 +24,20 @@ def write_or_check(text: str, out: Optional[Path], check: Optional[Path], module
     else:
         sys.stdout.write(text)
     return 0
+
+
+def fill_block(path: Path, begin: str, end: str, lines: List[str], flag: str = "--readme") -> bool:
+    """Replace the block of the file ``path`` between the markers ``begin`` and ``end``
+    (both kept) by ``lines``; True if the file changed. A file without them is an error,
+    named by ``flag``."""
+    text = path.read_text()
+    if begin not in text or end not in text:
+        raise ValueError(f"{flag} {path}: no '{begin}' ... '{end}' block to fill")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    new = head + "\n".join([begin, *lines, end]) + tail
+    if new != text:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+    return new != text

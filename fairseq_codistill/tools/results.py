@@ -18,12 +18,13 @@ import shutil
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from fairseq_codistill.exchange.storage import atomic_write
 from fairseq_codistill.tools.runs import MODEL_DIR, SERIES_FILE, Series, parse_log
 
-KEPT = ("study.json", "launch.json")  # beside a run's models
+KEPT = ("study.json", "launch.json", "env.json")  # beside a run's models
+ENSEMBLE = Path("ensemble", "eval.json")
 KEPT_PER_MODEL = ("eval.json", "eval-best.json")
 # CPU features that decide a CPU run's precision and pace (PRECISION=auto picks bf16 with them).
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
@@ -105,25 +106,38 @@ def export(runs: Path, dest: Path) -> List[Path]:
     """Copy the small files of every run under ``runs`` that has a ``study.json`` into
     ``dest`` (the same relative paths); returns the runs exported."""
     runs, dest = Path(runs), Path(dest)
-    exported = []
-    for meta in sorted(runs.rglob("study.json")):
-        run = meta.parent
-        target = dest / run.relative_to(runs)
-        models = [run] if (run / "train.log").is_file() else sorted(
-            d for d in run.iterdir() if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
-        if not models:
-            continue
-        target.mkdir(parents=True, exist_ok=True)
-        for name in KEPT:
-            if (run / name).is_file():
-                shutil.copyfile(run / name, target / name)
-        for model in models:
-            out = target / model.relative_to(run)
-            out.mkdir(parents=True, exist_ok=True)
-            log = model / "train.log"
-            save_series(parse_log(log.read_text(errors="replace"), model.name, log), out / SERIES_FILE)
-            for name in KEPT_PER_MODEL:
-                if (model / name).is_file():
-                    shutil.copyfile(model / name, out / name)
-        exported.append(target)
-    return exported
+    return [dest / meta.parent.relative_to(runs) for meta in sorted(runs.rglob("study.json"))
+            if export_run(meta.parent, dest / meta.parent.relative_to(runs))]
+
+
+def export_runs(runs: Sequence[Path], dest: Path) -> List[Path]:
+    """Copy the small files of the run folders ``runs`` (not a study's: the demo's) into
+    ``dest``/NAME, NAME each folder's own; returns the runs exported."""
+    dest = Path(dest)
+    return [dest / Path(run).resolve().name for run in runs
+            if export_run(Path(run), dest / Path(run).resolve().name)]
+
+
+def export_run(run: Path, target: Path) -> bool:
+    """One run's small files into ``target``: False, and nothing written, for a folder
+    without a train.log or model*/train.log."""
+    models = [run] if (run / "train.log").is_file() else sorted(
+        d for d in run.iterdir() if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
+    if not models:
+        return False
+    target.mkdir(parents=True, exist_ok=True)
+    for name in KEPT:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, target / name)
+    for model in models:
+        out = target / model.relative_to(run)
+        out.mkdir(parents=True, exist_ok=True)
+        log = model / "train.log"
+        save_series(parse_log(log.read_text(errors="replace"), model.name, log), out / SERIES_FILE)
+        for name in KEPT_PER_MODEL:
+            if (model / name).is_file():
+                shutil.copyfile(model / name, out / name)
+    if (run / ENSEMBLE).is_file():  # the demo's pair, scored as an ensemble
+        (target / ENSEMBLE).parent.mkdir(exist_ok=True)
+        shutil.copyfile(run / ENSEMBLE, target / ENSEMBLE)
+    return True

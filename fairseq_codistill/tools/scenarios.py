@@ -17,6 +17,7 @@ import statistics
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from fairseq_codistill.tools import pages
 from fairseq_codistill.tools.runs import Series, curve, updates_done, wall_seconds
 from fairseq_codistill.tools.study import SETTING
 
@@ -442,17 +443,7 @@ def machines(lines: Lines) -> str:
 def write_readme(path: Path, groups: Sequence) -> bool:
     """Replace the block between ``BEGIN`` and ``END`` of the file ``path`` by
     ``readme_block``; True if it changed. A file without the markers is an error."""
-    text = path.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"--readme {path}: no '{BEGIN}' ... '{END}' block to fill")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    new = head + "\n".join(readme_block(groups)) + tail
-    if new != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
-    return new != text
+    return pages.fill_block(path, BEGIN, END, readme_block(groups)[1:-1])
 
 
 def _markdown(header: List[str], rows: List[List[str]]) -> List[str]:
