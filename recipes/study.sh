@@ -147,6 +147,7 @@ control-l1-f0.25-W                             control    layers=1 fraction=0.25
 codistill-a0.1-k40-l1-deep3-lead0-f0.25-W      codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=W
 kd-l1-deep3-f0.25-W                            kd         layers=1 peer_layers=3 fraction=0.25 budget=W
 "
+REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 SCENARIOS=${SCENARIOS:-0}
 GRID_OF="SCENARIOS=$SCENARIOS"       # which grid, for messages
 case "$SCENARIOS" in
@@ -156,8 +157,8 @@ case "$SCENARIOS" in
     straggler | preemption)
         suffix=-slow2
         if [[ "$SCENARIOS" == preemption ]]; then suffix=-pre; fi
-        GRID=${GRID:-$(awk -v suffix="$suffix" \
-            '$1 == "codistill-a0.1-k40" || $1 == "control-W" || substr($1, length($1) - length(suffix) + 1) == suffix' \
+        GRID=${GRID:-$(awk -v suffix="$suffix" -v regime="$REGIME" \
+            '$1 == regime || $1 == "control-W" || substr($1, length($1) - length(suffix) + 1) == suffix' \
             <<< "$GRID_SCENARIOS")}
         STUDY_DIR=${STUDY_DIR:-study-$SCENARIOS}
         SCENARIOS=1 ;;
@@ -179,7 +180,6 @@ STUDY_DIR=${STUDY_DIR:-study}
 # line of one seed, then the next (whole seeds: the scenarios compare lines of one seed's W).
 ORDER=${ORDER:-lines}
 GRID_LINES=${GRID_LINES:-}           # names of the lines to run (default: all)
-REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 
 SAVE_BEST=1                          # checkpoint_best.pt by validation NLL, for BLEU
 # shellcheck source=recipes/gettext_common.sh

@@ -313,3 +313,10 @@ def test_the_demo_block_refuses_a_readme_without_markers_and_export_a_folder_wit
     with pytest.raises(SystemExit, match="--export: no train.log and no model.*/train.log in .*exchange"):
         report.main([str(base), str(tmp_path / "exchange"), "--export", str(tmp_path / "kept")])
     assert not (tmp_path / "kept").exists()
+
+
+def test_the_demo_block_says_so_where_the_runs_recorded_no_machine():
+    rows = [report.Row("codistill/model0", valid_nll=5.0, bleu=10.0), report.Row("control", valid_nll=5.1, bleu=11.0)]
+    assert report.demo_block(rows, [])[:2] == ["", "On a machine its runs did not record, it printed:"]
+    with pytest.raises(ValueError, match="no codistilled models beside a control or a baseline"):
+        report.demo_block(rows[1:], [])

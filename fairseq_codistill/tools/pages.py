@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fairseq_codistill.exchange.storage import atomic_write
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
@@ -37,7 +39,5 @@ def fill_block(path: Path, begin: str, end: str, lines: List[str], flag: str = "
     tail = rest.split(end, 1)[1]
     new = head + "\n".join([begin, *lines, end]) + tail
     if new != text:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(new)
-        tmp.replace(path)
+        atomic_write(path, lambda f: f.write(new.encode()))
     return new != text

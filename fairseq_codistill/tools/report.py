@@ -30,7 +30,7 @@ from fairseq_codistill.tools.runs import (
     wall_seconds,
 )
 from fairseq_codistill.tools import pages
-from fairseq_codistill.tools.results import export, export_runs
+from fairseq_codistill.tools.results import export, export_runs, logged_models
 from fairseq_codistill.tools.study import load_study, write_study_report
 
 
@@ -280,8 +280,8 @@ def demo_block(rows: Sequence[Row], envs: Sequence[dict]) -> List[str]:
         raise ValueError("no codistilled models beside a control or a baseline: no summary to show")
     machines = sorted({f"{e.get('cores')}-core {e.get('cpu')}, {e.get('precision')} on {e.get('device')} "
                        f"(torch {e.get('torch')}, fairseq {e.get('fairseq')})" for e in envs})
-    where = " and ".join(machines) if machines else "a machine its runs did not record"
-    return ["", f"On a {where}, it printed:", "",
+    where = "a " + " and ".join(machines) if machines else "a machine its runs did not record"
+    return ["", f"On {where}, it printed:", "",
             "    " + summary[0], *("      " + line for line in summary[1:]), ""]
 
 
@@ -294,12 +294,6 @@ def run_envs(runs: Sequence[Path]) -> List[dict]:
         except (OSError, ValueError):
             continue
     return envs
-
-
-def _logged(run: Path) -> bool:
-    """A run folder with fairseq's log: its own train.log, or model*/train.log."""
-    return (run / "train.log").is_file() or run.is_dir() and any(
-        MODEL_DIR.match(d.name) and (d / "train.log").is_file() for d in run.iterdir())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -352,7 +346,7 @@ def main(argv=None) -> int:
     if not args.runs:
         sys.exit("fairseq-codistill-report: give RUN_DIR(s), or --study DIR")
     if args.export is not None:
-        missing = [str(r) for r in args.runs if not _logged(r)]
+        missing = [str(r) for r in args.runs if not logged_models(r)]
         if missing:
             sys.exit(f"fairseq-codistill-report: --export: no train.log and no model*/train.log in "
                      f"{', '.join(missing)}")

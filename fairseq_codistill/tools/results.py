@@ -113,16 +113,23 @@ def export(runs: Path, dest: Path) -> List[Path]:
 def export_runs(runs: Sequence[Path], dest: Path) -> List[Path]:
     """Copy the small files of the run folders ``runs`` (not a study's: the demo's) into
     ``dest``/NAME, NAME each folder's own; returns the runs exported."""
-    dest = Path(dest)
-    return [dest / Path(run).resolve().name for run in runs
-            if export_run(Path(run), dest / Path(run).resolve().name)]
+    targets = [(Path(run), Path(dest) / Path(run).resolve().name) for run in runs]
+    return [target for run, target in targets if export_run(run, target)]
+
+
+def logged_models(run: Path) -> List[Path]:
+    """The folders of a run that hold fairseq's train.log: the run itself, or its model*/."""
+    if (run / "train.log").is_file():
+        return [run]
+    if not run.is_dir():
+        return []
+    return sorted(d for d in run.iterdir() if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
 
 
 def export_run(run: Path, target: Path) -> bool:
     """One run's small files into ``target``: False, and nothing written, for a folder
     without a train.log or model*/train.log."""
-    models = [run] if (run / "train.log").is_file() else sorted(
-        d for d in run.iterdir() if d.is_dir() and MODEL_DIR.match(d.name) and (d / "train.log").is_file())
+    models = logged_models(run)
     if not models:
         return False
     target.mkdir(parents=True, exist_ok=True)
