@@ -13,8 +13,9 @@
 #   train_control DIR SEED [DROPOUT]: the codistilled model with its peer removed (same
 #       architecture, dropout, batch, seed and updates), plain cross-entropy;
 #   train_kd DIR SEED: the two-phase alternative to a pair of two sizes: a teacher of
-#       PEER_LAYERS layers alone, then a student of LAYERS layers distilling from its best
-#       checkpoint (word-level KD), one phase after the other on the same cores.
+#       PEER_LAYERS layers of width PEER_DIM alone, then a student of LAYERS layers of width
+#       DIM distilling from its best checkpoint (word-level KD), one phase after the other on
+#       the same cores.
 #
 # Every run uses --task codistill_translation (alone: --codistill-num-models 1), so every
 # run logs param_dist. A run is skipped when DIR/done holds the same settings.
@@ -64,6 +65,7 @@ PREEMPT=${PREEMPT:-}
 # 2 gloo ranks under fairseq-codistill-launch, whose pace (and a slowed rank's) is measured.
 RANKS=${RANKS:-1}
 PEER_LAYERS=${PEER_LAYERS:-}             # model 1 of a pair with this many layers (default LAYERS)
+PEER_DIM=${PEER_DIM:-}                   # ... and of this width (default DIM)
 # train_kd: the teacher's share of the budget (the student has the rest; with no budget each
 # phase trains UPDATES updates), and the student's penalty: KD_ALPHA (constant) times KD_LOSS
 # (kl: word-level KD on the teacher's distribution; mse: the logits' MSE, as codistillation).
@@ -173,7 +175,7 @@ pair_settings() {
     local seed=$1
     if [[ "$METHOD" == distill ]]; then
         settings pair "$seed" "$DROPOUT" "$ALPHA" "$GAMMA" "$INTERVAL" "$BURN_IN" "$LOSS" \
-            "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS" "lead=$MAX_LEAD"
+            "snapshot=$SNAPSHOT" "peer_layers=$PEER_LAYERS${PEER_DIM:+ peer_dim=$PEER_DIM}" "lead=$MAX_LEAD"
     else
         local outer=()
         if [[ "$METHOD" == diloco ]]; then outer=("outer=$OUTER_LR,$OUTER_MOMENTUM"); fi
@@ -245,7 +247,7 @@ train_control() {
 # THREADS; the same cores for the same wall time as a pair, one model after the other.
 train_kd() {
     local dir=$1 seed=$2 stamp teacher_budget='' student_budget=''
-    stamp=$(settings kd "$seed" "$DROPOUT" "teacher=${PEER_LAYERS:?train_kd: set PEER_LAYERS (layers of the teacher)}" \
+    stamp=$(settings kd "$seed" "$DROPOUT" "teacher=${PEER_LAYERS:?train_kd: set PEER_LAYERS (layers of the teacher)}${PEER_DIM:+x$PEER_DIM}" \
         "share=$TEACHER_SHARE" "$KD_LOSS" "$KD_ALPHA" "$INTERVAL" "snapshot=$SNAPSHOT")
     fresh "$dir" "$stamp" || return 0
     if [[ -n "$BUDGET" ]]; then
@@ -253,7 +255,7 @@ train_kd() {
         student_budget=$("$PYTHON" -c "print(round($BUDGET - $teacher_budget, 1))")
     fi
     # the teacher: the big model alone, trained as a control line trains it
-    LAYERS=$PEER_LAYERS BUDGET=$teacher_budget train_control "$dir/teacher" "$seed"
+    LAYERS=$PEER_LAYERS DIM=${PEER_DIM:-$DIM} BUDGET=$teacher_budget train_control "$dir/teacher" "$seed"
     local teacher=$dir/teacher/checkpoint_best.pt
     [[ -f "$teacher" ]] || teacher=$dir/teacher/checkpoint_last.pt
     fairseq-codistill-teacher "$teacher" --codistill-dir "$dir/exchange" --codistill-id 1 \
@@ -296,8 +298,11 @@ train_pair() {
     if [[ "$METHOD" == distill && "$MAX_LEAD" == 0 ]]; then wait=0; fi
     local devices=(--threads-per-model "$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))")
     if [[ "$DEVICE" == cuda ]]; then devices=(--share-gpus); fi
-    if [[ -n "$PEER_LAYERS" ]]; then  # a heterogeneous pair: model 1 of another depth
-        devices+=(--model-args 1 "--encoder-layers $PEER_LAYERS --decoder-layers $PEER_LAYERS")
+    if [[ -n "$PEER_LAYERS$PEER_DIM" ]]; then  # a heterogeneous pair: model 1 of another depth or width
+        local peer_layers=${PEER_LAYERS:-$LAYERS} peer_dim=${PEER_DIM:-$DIM}
+        devices+=(--model-args 1 "--encoder-layers $peer_layers --decoder-layers $peer_layers
+            --encoder-embed-dim $peer_dim --decoder-embed-dim $peer_dim
+            --encoder-ffn-embed-dim $(( 2 * peer_dim )) --decoder-ffn-embed-dim $(( 2 * peer_dim ))")
     fi
     fairseq-codistill-launch \
         --num-models 2 "${devices[@]}" "${faults[@]}" \

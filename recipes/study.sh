@@ -18,8 +18,8 @@
 #              model distilling from it (word-level KD: gettext_common.sh's train_kd).
 #
 # Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
-# diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers
-# peer_layers (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share kd_loss
+# diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers dim
+# peer_layers peer_dim (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share kd_loss
 # kd_alpha (kd). Longer runs (updates) stretch the schedule with them: warm-up and validation
 # follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
 # regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
@@ -123,29 +123,35 @@ diloco-k40-m0.5-W-pre             diloco     budget=W preempt=0.375W:0.25W
 diloco-k40-m0.5-async-W-pre       diloco     async=1 budget=W preempt=0.375W:0.25W
 codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:0.25W
 "
-# Two model sizes (SCENARIOS=sizes): a small model (layers=1: 1+1 layers) codistilled beside a
-# big one (peer_layers=3: the regime's 3+3) that never waits for it, against the small model
-# alone and the two-phase alternative (kd: the big model for half of the budget, then the small
-# one distilled from it), all for 3W on a quarter of the data. It asks for a regime where the
-# big model alone translates better than the small one beyond the spread: the two lone models
-# are its check. The search for that regime (SCENARIOS=sizes-search) found none at W, where the
-# smaller model alone was the better at every size; docs/study-method.md says what it found.
+# Two model sizes (SCENARIOS=sizes): a small model (layers=1 dim=64: 1+1 layers of width 64)
+# codistilled beside a big one (peer_layers=3 peer_dim=256: the regime's 3+3 of width 256) that
+# never waits for it, against the small model alone and the two-phase alternative (kd: the big
+# model for half of the budget, then the small one distilled from it), all for 3W on a quarter
+# of the data. It asks for a regime where the big model alone translates better than the small
+# one beyond the spread: the two lone models are its check (docs/study-method.md says how the
+# search below found it).
 GRID_SIZES="
-codistill-a0.1-k40                             codistill
-control-f0.25-3W                               control    fraction=0.25 budget=3W
-control-l1-f0.25-3W                            control    layers=1 fraction=0.25 budget=3W
-codistill-a0.1-k40-l1-deep3-lead0-f0.25-3W     codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=3W
-kd-l1-deep3-f0.25-3W                           kd         layers=1 peer_layers=3 fraction=0.25 budget=3W
+codistill-a0.1-k40                                   codistill
+control-l1-d64-f0.25-3W                              control    layers=1 dim=64 fraction=0.25 budget=3W
+control-f0.25-3W                                     control    fraction=0.25 budget=3W
+codistill-a0.1-k40-l1-d64-deep3-lead0-f0.25-3W       codistill  layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W
+kd-l1-d64-deep3-f0.25-3W                             kd         layers=1 dim=64 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W
 "
-# The search: lone models of 1+1, 3+3 and 6+6 layers on a quarter of the data for W, and the
-# scenario's pair and two-phase line there, where the premise failed.
+# The search (SCENARIOS=sizes-search): lone models of 1+1, 3+3 and 6+6 layers on a quarter of
+# the data for W, where the smaller model alone was the better at every size, and the
+# scenario's lines with a small model of the regime's width (1+1 layers of 256) for W and 3W,
+# where the big model alone was better in validation NLL only (at 3W; in BLEU the two were level).
 GRID_SIZES_SEARCH="
-codistill-a0.1-k40                             codistill
-control-l6-f0.25-W                             control    layers=6 fraction=0.25 budget=W
-control-f0.25-W                                control    fraction=0.25 budget=W
-control-l1-f0.25-W                             control    layers=1 fraction=0.25 budget=W
-codistill-a0.1-k40-l1-deep3-lead0-f0.25-W      codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=W
-kd-l1-deep3-f0.25-W                            kd         layers=1 peer_layers=3 fraction=0.25 budget=W
+codistill-a0.1-k40                                   codistill
+control-l6-f0.25-W                                   control    layers=6 fraction=0.25 budget=W
+control-f0.25-W                                      control    fraction=0.25 budget=W
+control-l1-f0.25-W                                   control    layers=1 fraction=0.25 budget=W
+codistill-a0.1-k40-l1-deep3-lead0-f0.25-W            codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=W
+kd-l1-deep3-f0.25-W                                  kd         layers=1 peer_layers=3 fraction=0.25 budget=W
+control-f0.25-3W                                     control    fraction=0.25 budget=3W
+control-l1-f0.25-3W                                  control    layers=1 fraction=0.25 budget=3W
+codistill-a0.1-k40-l1-deep3-lead0-f0.25-3W           codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=3W
+kd-l1-deep3-f0.25-3W                                 kd         layers=1 peer_layers=3 fraction=0.25 budget=3W
 "
 REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 SCENARIOS=${SCENARIOS:-0}
@@ -186,7 +192,7 @@ SAVE_BEST=1                          # checkpoint_best.pt by validation NLL, for
 source "$(dirname "${BASH_SOURCE[0]}")/gettext_common.sh"
 RUNS=$STUDY_DIR/runs
 START=$SECONDS
-REGIME_UPDATES=$UPDATES REGIME_GAMMA=$GAMMA
+REGIME_UPDATES=$UPDATES REGIME_GAMMA=$GAMMA REGIME_DIM=$DIM
 
 say() { printf '[study %dm%02ds] %s\n' $(( (SECONDS - START) / 60 )) $(( (SECONDS - START) % 60 )) "$*"; }
 
@@ -240,6 +246,7 @@ apply() {
             burn_in) BURN_IN=$value ;; loss) LOSS=$value ;; snapshot) SNAPSHOT=$value ;;
             dropout) DROPOUT=$value ;; updates) UPDATES=$value ;; tokens) TOKENS=$value ;;
             fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
+            dim) DIM=$value ;; peer_dim) PEER_DIM=$value ;;
             outer_lr) OUTER_LR=$value ;; outer_momentum) OUTER_MOMENTUM=$value ;;
             async) ASYNC=$value ;; max_lead) MAX_LEAD=$value ;; ranks) RANKS=$value ;;
             teacher_share) TEACHER_SHARE=$value ;; kd_loss) KD_LOSS=$value ;; kd_alpha) KD_ALPHA=$value ;;
@@ -265,6 +272,11 @@ import json, os, sys
 meta = {"group": "$name", "kind": "$kind", "seed": $seed, "regime": $( [[ $regime == true ]] && echo True || echo False ),
         "lang_pair": "$LANG_PAIR", "updates": $UPDATES, "tokens": $TOKENS, "fraction": $TRAIN_FRACTION,
         "layers": $LAYERS, "dropout": $DROPOUT}
+# a width other than the regime's (DIM) is written; none means the regime's
+if $DIM != $REGIME_DIM:
+    meta.update(dim=$DIM)
+if "$kind" in ("codistill", "kd") and ${PEER_DIM:-$DIM} != $REGIME_DIM:
+    meta.update(peer_dim=${PEER_DIM:-$DIM})
 if "$kind" == "codistill":
     meta.update(alpha=$ALPHA, gamma=$GAMMA, interval=$INTERVAL, burn_in=$BURN_IN, loss="$LOSS",
                 snapshot="$SNAPSHOT", peer_layers=${PEER_LAYERS:-$LAYERS})
