@@ -56,6 +56,9 @@ ASYNC=${ASYNC:-0}
 # Equal wall time: BUDGET seconds of training per model (fairseq's --stop-time-hours; the
 # updates then run to whatever the budget allows, the schedule still follows UPDATES).
 BUDGET=${BUDGET:-}
+# ... and no more than MAX_UPDATES updates (default 8 x UPDATES): a guard, which a small model
+# fast enough to reach it within its budget needs raised to train for the whole budget.
+MAX_UPDATES=${MAX_UPDATES:-}
 # Faults of model 1 (of the all-reduce job's rank 1), as fairseq-codistill-launch runs them:
 # SLOWDOWN=F, F times slower throughout; PREEMPT=AT:FOR, killed AT seconds after its start
 # and back FOR seconds later from its checkpoint_last.pt.
@@ -141,7 +144,7 @@ train_args() {
         --user-dir "$PLUGIN"
     )
     if [[ -n "$BUDGET" ]]; then  # the budget ends the run, wherever it has got to
-        TRAIN_ARGS+=(--max-update "$(( 8 * UPDATES ))"
+        TRAIN_ARGS+=(--max-update "${MAX_UPDATES:-$(( 8 * UPDATES ))}"
                      --stop-time-hours "$("$PYTHON" -c "print(round($BUDGET / 3600, 6))")")
     else
         TRAIN_ARGS+=(--max-update "$UPDATES")
@@ -167,7 +170,7 @@ settings() {
     printf '%s ' "$@" "$UPDATES" "$TOKENS" "$LR" "$DATA" "$PRECISION" "$DEVICE" "$LAYERS" "$DIM" "save=$SAVE$SAVE_BEST"
     # the scenario's knobs, where set
     if [[ -n "$BUDGET$SLOWDOWN$PREEMPT" || "$RANKS" != 1 ]]; then
-        printf '%s ' "budget=$BUDGET" "slowdown=$SLOWDOWN" "preempt=$PREEMPT" "ranks=$RANKS"
+        printf '%s ' "budget=$BUDGET" "slowdown=$SLOWDOWN" "preempt=$PREEMPT" "ranks=$RANKS" ${MAX_UPDATES:+"max_updates=$MAX_UPDATES"}
     fi
 }
 # A pair's settings: those of every run and what it shares.

@@ -20,7 +20,7 @@
 # Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
 # diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers dim
 # peer_layers peer_dim (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share kd_loss
-# kd_alpha (kd). Longer runs (updates) stretch the schedule with them: warm-up and validation
+# kd_alpha (kd), max_updates (a budget's guard on updates). Longer runs (updates) stretch the schedule with them: warm-up and validation
 # follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
 # regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
 # last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
@@ -123,7 +123,7 @@ diloco-k40-m0.5-W-pre             diloco     budget=W preempt=0.375W:0.25W
 diloco-k40-m0.5-async-W-pre       diloco     async=1 budget=W preempt=0.375W:0.25W
 codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:0.25W
 "
-# Two model sizes (SCENARIOS=sizes): a small model (layers=1 dim=64: 1+1 layers of width 64)
+# Two model sizes (SCENARIOS=sizes): a small model (layers=1 dim=128: 1+1 layers of width 128)
 # codistilled beside a big one (peer_layers=3 peer_dim=256: the regime's 3+3 of width 256) that
 # never waits for it, against the small model alone and the two-phase alternative (kd: the big
 # model for half of the budget, then the small one distilled from it), all for 3W on a quarter
@@ -132,10 +132,10 @@ codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:
 # search below found it).
 GRID_SIZES="
 codistill-a0.1-k40                                   codistill
-control-l1-d64-f0.25-3W                              control    layers=1 dim=64 fraction=0.25 budget=3W
+control-l1-d128-f0.25-3W                             control    layers=1 dim=128 fraction=0.25 budget=3W max_updates=20000
 control-f0.25-3W                                     control    fraction=0.25 budget=3W
-codistill-a0.1-k40-l1-d64-deep3-lead0-f0.25-3W       codistill  layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W
-kd-l1-d64-deep3-f0.25-3W                             kd         layers=1 dim=64 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W
+codistill-a0.1-k40-l1-d128-deep3-lead0-f0.25-3W      codistill  layers=1 dim=128 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
+kd-l1-d128-deep3-f0.25-3W                            kd         layers=1 dim=128 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W max_updates=20000
 "
 # The search (SCENARIOS=sizes-search): lone models of 1+1, 3+3 and 6+6 layers on a quarter of
 # the data for W, where the smaller model alone was the better at every size, and the
@@ -246,7 +246,7 @@ apply() {
             burn_in) BURN_IN=$value ;; loss) LOSS=$value ;; snapshot) SNAPSHOT=$value ;;
             dropout) DROPOUT=$value ;; updates) UPDATES=$value ;; tokens) TOKENS=$value ;;
             fraction) TRAIN_FRACTION=$value ;; layers) LAYERS=$value ;; peer_layers) PEER_LAYERS=$value ;;
-            dim) DIM=$value ;; peer_dim) PEER_DIM=$value ;;
+            dim) DIM=$value ;; peer_dim) PEER_DIM=$value ;; max_updates) MAX_UPDATES=$value ;;
             outer_lr) OUTER_LR=$value ;; outer_momentum) OUTER_MOMENTUM=$value ;;
             async) ASYNC=$value ;; max_lead) MAX_LEAD=$value ;; ranks) RANKS=$value ;;
             teacher_share) TEACHER_SHARE=$value ;; kd_loss) KD_LOSS=$value ;; kd_alpha) KD_ALPHA=$value ;;
@@ -293,9 +293,11 @@ if "$kind" == "codistill" and "$MAX_LEAD" != "1":
     meta.update(max_lead=$MAX_LEAD)
 if "$kind" == "baseline" and "$RANKS" != "1":
     meta.update(ranks=$RANKS)
-for key, value in (("budget", "$BUDGET"), ("slowdown", "$SLOWDOWN"), ("preempt", "$PREEMPT")):
+for key, value in (("budget", "$BUDGET"), ("slowdown", "$SLOWDOWN"), ("preempt", "$PREEMPT"),
+                   ("max_updates", "$MAX_UPDATES")):
     if value:
-        meta[key] = float(value) if key != "preempt" else [float(v) for v in value.split(":")]
+        meta[key] = [float(v) for v in value.split(":")] if key == "preempt" else \
+            int(value) if key == "max_updates" else float(value)
 from fairseq_codistill.tools.results import environment
 meta["env"] = environment(precision="$PRECISION", device="$DEVICE", threads=$THREADS)
 with open(sys.argv[1] + ".tmp", "w") as f:

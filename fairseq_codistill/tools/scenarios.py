@@ -5,10 +5,10 @@ method gives the best translation for the same wall time.
 A scenario's line has ``budget`` (seconds, W) in its ``study.json``, and ``slowdown`` (F)
 or ``preempt`` ([AT, FOR] seconds) where a fault is injected into model 1 (rank 1, or the
 whole job, of all-reduce). Model 0 is the fast model: the one a user keeps when a worker
-is slow. Two model sizes: a pair whose model 1 is deeper (``peer_layers``) and the ``kd``
-line, whose model 0 is a student trained after its teacher, beside the small and the big
-model alone (control lines, told apart by their depth; the scenario may train on another
-fraction of the data than the rest). Goodput is a model's updates per second divided by
+is slow. Two model sizes: a pair whose model 1 is bigger (``peer_layers``, ``peer_dim``) and
+the ``kd`` line, whose model 0 is a student trained after its teacher, beside the small and
+the big model alone (control lines, told apart by their depth and width; the scenario may
+train on another fraction of the data than the rest). Goodput is a model's updates per second divided by
 the same model's in the same method's line with no fault, on the same seed
 (``recipes/study.sh`` measures W and then every line of a seed in one run, each with the
 machine to itself).
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from fairseq_codistill.tools import pages
 from fairseq_codistill.tools.runs import Series, curve, updates_done, wall_seconds
-from fairseq_codistill.tools.study import SETTING
+from fairseq_codistill.tools.study import SETTING, size
 
 SCENARIOS = (("equal", "equal speed"), ("straggler", "2x straggler"), ("preemption", "preemption"),
              ("sizes", "two model sizes"))
@@ -32,7 +32,7 @@ METHODS = (("all-reduce (2 ranks)", ("baseline", False, False)),
            ("codistillation (never waits)", ("codistill", False, True)),
            ("the fast model alone", ("control", False, False)),
            ("two-phase KD (the big model, then the small one from it)", ("kd", False, False)),
-           # a lone model too, told apart by its depth: the premise of the sizes scenario
+           # a lone model too, told apart by its size: the premise of the sizes scenario
            ("the big model alone", None))
 CODISTILL, ALONE, KD, BIG_ALONE = METHODS[5][0], METHODS[6][0], METHODS[7][0], METHODS[8][0]
 
@@ -105,17 +105,20 @@ class Lines:
     """A study's timed groups of one language pair by scenario and method. The lone model
     of a scenario is the control line on the data and the model of that scenario's other
     lines (the sizes scenario may train on more data than the rest), for the same budget; in
-    the sizes scenario, the control line as deep as the big peer is the big model alone. A
-    scenario run at several budgets (the sizes scenario: W, where its premise failed, then
-    3W): the tables take each method's longest, and its details show the rest."""
+    the sizes scenario, the control line of the big peer's size is the big model alone. A
+    scenario run at several budgets or sizes (the sizes scenario's search for its premise):
+    the tables take each method's line of the longest budget, the newest run of them, and its
+    details show the rest."""
 
     def __init__(self, groups: Sequence):
         self.groups = [g for g in groups if g.timed and method_of(g) is not None]
         self.by: Dict[Tuple[str, str], object] = {}
         self.others: Dict[str, list] = {}  # scenario -> its lines the tables do not take
         lone = [g for g in self.groups if g.kind == "control"]
-        # a scenario run at several budgets: the tables take each method's longest
-        for g in sorted((g for g in self.groups if g.kind != "control"), key=lambda g: -_budget(g)):
+        # a scenario run at several budgets or sizes: the tables take each method's longest,
+        # the newest of those
+        newest_first = sorted((g for g in self.groups if g.kind != "control"), key=_ran_on, reverse=True)
+        for g in sorted(newest_first, key=lambda g: -_budget(g)):
             key = (scenario_of(g), method_of(g))
             if key in self.by:
                 self.others.setdefault(key[0], []).append(g)
@@ -124,11 +127,11 @@ class Lines:
             ran = [g for (s, _), g in self.by.items() if s == key]
             if not ran:
                 continue
-            fraction, layers = _data_and_model(ran[0])
+            fraction, model = _data_and_model(ran[0])
             timed_alike = [c for c in lone if _same_budget(c, ran[0])]
-            self._put(key, ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, layers)])
+            self._put(key, ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, model)])
             if key == "sizes":
-                big = next((g.params.get("peer_layers") for g in ran if g.params.get("peer_layers")), None)
+                big = ran[0].model(1)
                 self._put(key, BIG_ALONE, [c for c in timed_alike if _data_and_model(c) == (fraction, big)])
                 # the lone models of the search for the premise, on the same data
                 self.others.setdefault(key, []).extend(
@@ -169,10 +172,15 @@ def _same_budget(a, b) -> bool:
                                for s in seeds)
 
 
-def _data_and_model(group) -> Tuple[float, int]:
-    """(fraction, layers) of a line's setting: the data it trains on and its model 0."""
+def _ran_on(group) -> str:
+    """When the line's newest seed ran (an ISO date)."""
+    return max(m.get("env", {}).get("date", "") for m in group.metas.values())
+
+
+def _data_and_model(group) -> Tuple[float, tuple]:
+    """(fraction, (layers, width)) of a line: the data it trains on and its model 0."""
     setting = dict(zip(SETTING, group.setting))
-    return setting["fraction"], setting["layers"]
+    return setting["fraction"], group.model(0)
 
 
 def _by_seed(group, figure, model: int = 0) -> Dict[int, float]:
@@ -306,8 +314,9 @@ def premise(lines: Lines) -> List[str]:
     bleu = _judge(_by_seed(big, bleu_last), _by_seed(small, bleu_last), True, 2)
     nll = _judge(_by_seed(big, valid_at_end), _by_seed(small, valid_at_end), False, 3)
     on = f"seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-    return [f"The premise of two model sizes, the big model alone against the small model alone "
-            f"for the scenario's budget (big minus small): BLEU {bleu}, validation NLL {nll} ({on}). Where the "
+    return [f"The premise of two model sizes, the big model alone ({size(big.model())}) against the small "
+            f"model alone ({size(small.model())}) for the scenario's budget (big minus small): BLEU {bleu}, "
+            f"validation NLL {nll} ({on}). Where the "
             "big model is not better, the scenario measures codistillation with a peer that has less to "
             "teach than it should."]
 

@@ -30,9 +30,10 @@ from fairseq_codistill.tools.runs import Series, curve, human_bytes, human_secon
 KINDS = ("baseline", "control", "codistill", "localsgd", "diloco", "kd")
 PAIRS = ("codistill", "localsgd", "diloco")
 # What makes runs comparable: the same data, model and budget of updates and tokens.
-SETTING = ("lang_pair", "updates", "tokens", "fraction", "layers")
+# dim: a model width other than the regime's (none: the regime's)
+SETTING = ("lang_pair", "updates", "tokens", "fraction", "layers", "dim")
 # Parameters that tell two configurations of one setting apart, in the order of the table.
-KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot", "peer_layers",
+KNOBS = ("dropout", "alpha", "gamma", "interval", "burn_in", "loss", "snapshot", "peer_layers", "peer_dim",
          "outer_lr", "outer_momentum")
 # A knob a run's study.json may lack (written before the knob existed): its value then.
 KNOB_DEFAULTS = {"codistill": {"snapshot": "fp16"}, "diloco": {"outer_lr": 0.7, "outer_momentum": 0.9}}
@@ -94,10 +95,16 @@ class Group:
         values = [v for v in (figure(s) for s in models) if v is not None]
         return Stat(values) if values else None
 
+    def model(self, i: int = 0) -> Tuple[Optional[int], Optional[int]]:
+        """(layers, width) of model ``i``: 0, the line's (a lone model, a pair's model 0, a kd
+        student); 1, a pair's model 1 or a kd teacher. A width of None is the regime's."""
+        if i == 0:
+            return self.params.get("layers"), self.params.get("dim")
+        return self.params.get("peer_layers", self.params.get("layers")), self.params.get("peer_dim")
+
     @property
     def heterogeneous(self) -> bool:
-        return self.kind == "codistill" and self.params.get("peer_layers", self.params.get("layers")) \
-            != self.params.get("layers")
+        return self.kind == "codistill" and self.model(1) != self.model(0)
 
 
 # -- figures of one model ----------------------------------------------------------------
@@ -222,11 +229,12 @@ def _averaging_like(group: Group, regime: Group) -> bool:
 
 
 def best_control(groups: Sequence[Group], setting: tuple, figure, lower_is_better: bool,
-                 layers=None) -> Optional[Group]:
-    """The control of ``setting`` (of ``layers`` layers) best in ``figure``: the lone
-    model at its best regularisation, so no gain comes from a weakened control."""
+                 model=None) -> Optional[Group]:
+    """The control of ``setting`` (of another ``model``, (layers, width), if given) best in
+    ``figure``: the lone model at its best regularisation, so no gain comes from a weakened
+    control."""
     found = [(g, g.stat(figure)) for g in groups if g.kind == "control" and g.setting[:4] == setting[:4]
-             and g.params.get("layers") == (setting[4] if layers is None else layers)]
+             and g.model() == (setting[4:6] if model is None else model)]
     found = [(g, s) for g, s in found if s is not None]
     if not found:
         return None
@@ -410,18 +418,24 @@ def methods(groups: Sequence[Group]) -> Dict[str, List[List[str]]]:
     return out
 
 
+def size(model: Tuple[Optional[int], Optional[int]]) -> str:
+    """'3+3 layers', or '1+1 layers of width 64' for a width other than the regime's."""
+    layers, width = model
+    return f"{layers}+{layers} layers" + (f" of width {width}" if width else "")
+
+
 def heterogeneous(groups: Sequence[Group]) -> List[List[str]]:
-    """Each model of a heterogeneous pair against the lone model of its own depth."""
+    """Each model of a heterogeneous pair against the lone model of its own size."""
     rows = []
     for g in (g for g in groups if g.heterogeneous):
-        for i, layers in enumerate((g.params["layers"], g.params["peer_layers"])):
+        for i, model in enumerate((g.model(0), g.model(1))):
             for figure, lower, digits in ((BEST_NLL, True, 3), (BEST_BLEU, False, 2)):
-                control = best_control(groups, g.setting, figure, lower, layers=layers)
+                control = best_control(groups, g.setting, figure, lower, model=model)
                 a = g.stat(figure, model=i)
                 b = control.stat(figure) if control is not None else None
                 measured, verdict = _compare(a, b, (lambda d, s: -d > s) if lower else (lambda d, s: d > s),
                                              digits, f" ({control.name})" if control else "")
-                rows.append([f"{g.name}/model{i} ({layers}+{layers} layers)",
+                rows.append([f"{g.name}/model{i} ({size(model)})",
                              "NLL" if lower else "BLEU", measured,
                              "gains" if verdict == "reproduced" else "no gain beyond the spread"
                              if verdict == "not reproduced" else verdict])
