@@ -123,7 +123,7 @@ diloco-k40-m0.5-W-pre             diloco     budget=W preempt=0.375W:0.25W
 diloco-k40-m0.5-async-W-pre       diloco     async=1 budget=W preempt=0.375W:0.25W
 codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:0.25W
 "
-# Two model sizes (SCENARIOS=sizes): a small model (layers=1 dim=128: 1+1 layers of width 128)
+# Two model sizes (SCENARIOS=sizes): a small model (layers=1 dim=64: 1+1 layers of width 64)
 # codistilled beside a big one (peer_layers=3 peer_dim=256: the regime's 3+3 of width 256) that
 # never waits for it, against the small model alone and the two-phase alternative (kd: the big
 # model for half of the budget, then the small one distilled from it), all for 3W on a quarter
@@ -132,15 +132,16 @@ codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:
 # search below found it).
 GRID_SIZES="
 codistill-a0.1-k40                                   codistill
-control-l1-d128-f0.25-3W                             control    layers=1 dim=128 fraction=0.25 budget=3W max_updates=20000
+control-l1-d64-f0.25-3W                              control    layers=1 dim=64 fraction=0.25 budget=3W max_updates=20000
 control-f0.25-3W                                     control    fraction=0.25 budget=3W
-codistill-a0.1-k40-l1-d128-deep3-lead0-f0.25-3W      codistill  layers=1 dim=128 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
-kd-l1-d128-deep3-f0.25-3W                            kd         layers=1 dim=128 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W max_updates=20000
+codistill-a0.1-k40-l1-d64-deep3-lead0-f0.25-3W       codistill  layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
+kd-l1-d64-deep3-f0.25-3W                             kd         layers=1 dim=64 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W max_updates=20000
 "
 # The search (SCENARIOS=sizes-search): lone models of 1+1, 3+3 and 6+6 layers on a quarter of
-# the data for W, where the smaller model alone was the better at every size, and the
-# scenario's lines with a small model of the regime's width (1+1 layers of 256) for W and 3W,
-# where the big model alone was better in validation NLL only (at 3W; in BLEU the two were level).
+# the data for W, where the smaller model alone was the better at every size; the scenario's
+# lines with a small model of the regime's width (1+1 layers of 256) for W and 3W, where the big
+# model alone was better in validation NLL only (at 3W; in BLEU the two were level); a small
+# model of width 128 alone for 3W, still too close to the big one in BLEU (seed 1).
 GRID_SIZES_SEARCH="
 codistill-a0.1-k40                                   codistill
 control-l6-f0.25-W                                   control    layers=6 fraction=0.25 budget=W
@@ -152,6 +153,7 @@ control-f0.25-3W                                     control    fraction=0.25 bu
 control-l1-f0.25-3W                                  control    layers=1 fraction=0.25 budget=3W
 codistill-a0.1-k40-l1-deep3-lead0-f0.25-3W           codistill  layers=1 peer_layers=3 max_lead=0 fraction=0.25 budget=3W
 kd-l1-deep3-f0.25-3W                                 kd         layers=1 peer_layers=3 fraction=0.25 budget=3W
+control-l1-d128-f0.25-3W                             control    layers=1 dim=128 fraction=0.25 budget=3W max_updates=20000
 "
 REGIME=${REGIME:-codistill-a0.1-k40} # the line whose settings are the defaults
 SCENARIOS=${SCENARIOS:-0}

@@ -225,6 +225,43 @@ def test_a_scenario_run_at_two_budgets_takes_the_longest_and_its_lone_models(run
     assert {"codi-deep6-W", "alone-W", "alone-l6-W"} <= set(shown)
 
 
+def test_a_small_model_of_another_width_takes_its_own_lone_model_and_the_newest_line_wins(runs):
+    """The search for the premise tried a small model of the regime's width, then a narrower
+    one, both for the same budget: the tables take the newer line, whose small model alone is
+    the control of its depth and width, and the premise names the two sizes."""
+    quarter = {**SETTING, "fraction": 0.25}
+    b = {"budget": 300.0}
+    big = [(90, 300, 5.0, 15.0)]
+    write_line(runs, "alone-l6", "control", 1, big, setting={**quarter, "layers": 6}, **b)
+    # first the small model of the regime's width (1+1 layers), its lines run on the 1st
+    for name, width, bleu, date in (("l1", None, 16.0, "2026-12-01T10:00:00Z"),
+                                    ("l1-d128", 128, 11.0, "2026-12-07T10:00:00Z")):
+        dim = {"dim": width} if width else {}
+        env = {"env": {"cpu": "Test CPU", "precision": "bf16", "date": date}}
+        write_line(runs, f"codi-{name}-deep6", "codistill", 1, [(400, 300, 4.9, bleu + 1), (90, 300, 5.0, 15.5)],
+                   setting={**quarter, "layers": 1, **dim}, max_lead=0, alpha=0.1, interval=40,
+                   peer_layers=6, **b, **env)
+        write_line(runs, f"alone-{name}", "control", 1, [(500, 300, 5.5, bleu)],
+                   setting={**quarter, "layers": 1, **dim}, **b, **env)
+    lines = scenarios.Lines(study.load_study(runs))
+    assert lines.get("sizes", scenarios.CODISTILL).name == "codi-l1-d128-deep6"
+    assert lines.get("sizes", scenarios.ALONE).name == "alone-l1-d128"
+    assert lines.get("sizes", scenarios.BIG_ALONE).name == "alone-l6"
+    # 15.0 against 11.0; with the regime's width it would have been 15.0 against 16.0
+    premise = " ".join(scenarios.premise(lines))
+    assert "the big model alone (6+6 layers) against the small model alone (1+1 layers of width 128)" in premise
+    assert "BLEU +4.00" in premise
+    shown = [r.split(" | ")[0].strip("| ") for r in scenarios.details(lines, "sizes")[2:]]
+    assert {"codi-l1-deep6", "alone-l1"} <= set(shown)
+    # a pair of two widths is heterogeneous; a width given twice is not
+    groups = {g.name: g for g in study.load_study(runs)}
+    assert groups["codi-l1-d128-deep6"].model(0) == (1, 128) and groups["codi-l1-d128-deep6"].model(1) == (6, None)
+    assert groups["codi-l1-d128-deep6"].heterogeneous
+    same = study.Group("same", "codistill", {"layers": 1, "dim": 128, "peer_layers": 1, "peer_dim": 128}, ())
+    assert not same.heterogeneous
+    assert study.size((1, 128)) == "1+1 layers of width 128" and study.size((3, None)) == "3+3 layers"
+
+
 def test_a_line_run_again_in_another_study_run_is_kept_apart(runs):
     write_line(runs / "rerun", "regime", "codistill", 1, [(480, 90, 4.8, 16.0)] * 2, regime=True,
                alpha=0.1, gamma=1.1, interval=40, peer_layers=3)
