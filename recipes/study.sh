@@ -19,10 +19,10 @@
 #
 # Settings: alpha gamma interval burn_in loss snapshot (codistill), snapshot (localsgd,
 # diloco), outer_lr outer_momentum (diloco), dropout updates tokens fraction layers dim
-# peer_layers peer_dim (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share kd_loss
-# kd_alpha (kd), max_updates (a budget's guard on updates). Longer runs (updates) stretch the schedule with them: warm-up and validation
-# follow UPDATES, and gamma is taken to the power 480/updates, so alpha ends where the
-# regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
+# peer_layers peer_dim (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share
+# kd_loss kd_alpha (kd), max_updates (a budget's guard on updates). Longer runs (updates)
+# stretch the schedule with them: warm-up and validation follow UPDATES, and gamma is taken
+# to the power 480/updates, so alpha ends where the regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
 # last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
 # --study writes STUDY_DIR/report/study.md: mean and spread over seeds, the claims in NLL
 # and in BLEU, and the methods side by side.

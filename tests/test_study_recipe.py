@@ -114,16 +114,17 @@ def test_the_scenarios_train_for_the_regimes_wall_time_with_faults(tmp_path):
 
 SIZES_GRID = """
 codistill-a0.1-k4            codistill  interval=4
-codistill-k4-deep2-lead0-W   codistill  interval=4 peer_layers=2 max_lead=0 budget=W
-kd-deep2-16s                 kd         interval=4 peer_layers=2 budget=16
+codistill-k4-deep2-lead0-W   codistill  interval=4 peer_layers=2 peer_dim=48 max_lead=0 budget=W max_updates=6
+kd-deep2-16s                 kd         interval=4 peer_layers=2 dim=16 peer_dim=32 budget=16
 """
 
 
 def test_two_phase_kd_trains_a_teacher_then_a_student_from_it_within_w(tmp_path):
     """SCENARIOS=sizes: the kd line trains a 2-layer teacher alone for half of its budget
     (16 s here: a tiny W is a second, too short for the student to load its teacher),
-    publishes its checkpoint, and trains the 1-layer student for the rest, distilling (KL)
-    from it."""
+    publishes its checkpoint, and trains the 1-layer student (of width 16, the teacher of
+    the regime's 32) for the rest, distilling (KL) from it. The pair's model 1 is 2 layers
+    of width 48, and its guard on updates (max_updates) stops both models at 6."""
     proc = run_study(tmp_path, SIZES_GRID, SCENARIOS="sizes")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from fairseq_codistill.tools import study
@@ -131,12 +132,21 @@ def test_two_phase_kd_trains_a_teacher_then_a_student_from_it_within_w(tmp_path)
     wall = study.regime_wall(runs / "codistill-a0.1-k4" / "seed1")
     pair = json.loads((runs / "codistill-k4-deep2-lead0-W" / "seed1" / "study.json").read_text())
     assert pair["budget"] == pytest.approx(wall, abs=0.1) and pair["peer_layers"] == 2
+    # widths other than the regime's are written, the regime's is not
+    assert pair["peer_dim"] == 48 and "dim" not in pair and pair["max_updates"] == 6
+    from fairseq_codistill.tools.runs import load_run, updates_done
+    for i, width in enumerate((32, 48)):
+        log = (runs / "codistill-k4-deep2-lead0-W" / "seed1" / f"model{i}" / "train.log").read_text()
+        assert f"encoder_embed_dim={width}," in log and "max_update=6," in log
+    assert [updates_done(s) for s in load_run(runs / "codistill-k4-deep2-lead0-W" / "seed1")] == [6, 6]
     kd = runs / "kd-deep2-16s" / "seed1"
     meta = json.loads((kd / "study.json").read_text())
     assert meta["kind"] == "kd" and meta["peer_layers"] == 2 and meta["kd_loss"] == "kl"
     assert meta["budget"] == 16.0 and meta["teacher_share"] == 0.5
+    assert meta["dim"] == 16 and "peer_dim" not in meta
     teacher, student = (kd / "teacher" / "train.log").read_text(), (kd / "model0" / "train.log").read_text()
     assert "encoder_layers=2," in teacher and "encoder_layers=1," in student
+    assert "encoder_embed_dim=32," in teacher and "encoder_embed_dim=16," in student
     assert "codistill_loss='kl'" in student and '"num_peers": "1"' in student  # the teacher, loaded
     # each phase has half of the budget (fairseq's --stop-time-hours, in hours)
     assert f"stop_time_hours={round(8 / 3600, 6)}," in teacher and f"stop_time_hours={round(8 / 3600, 6)}," in student
