@@ -22,10 +22,10 @@
 # peer_layers peer_dim (model 1's, a heterogeneous pair; kd: the teacher's), teacher_share
 # kd_loss kd_alpha (kd), max_updates (a budget's guard on updates). Longer runs (updates)
 # stretch the schedule with them: warm-up and validation follow UPDATES, and gamma is taken
-# to the power 480/updates, so alpha ends where the regime's does. Every model is evaluated at its best checkpoint by validation NLL and its
-# last (BLEU and chrF, sacrebleu, beam 4, test split); then fairseq-codistill-report
-# --study writes STUDY_DIR/report/study.md: mean and spread over seeds, the claims in NLL
-# and in BLEU, and the methods side by side.
+# to the power 480/updates, so alpha ends where the regime's does. Every model is evaluated
+# at its best checkpoint by validation NLL and its last (BLEU and chrF, sacrebleu, beam 4,
+# test split); then fairseq-codistill-report --study writes STUDY_DIR/report/study.md: mean
+# and spread over seeds, the claims in NLL and in BLEU, and the methods side by side.
 #
 #   bash recipes/study.sh                        # the whole map, in GRID's order
 #   GRID_LINES="baseline control diloco-k40-m0.9" bash recipes/study.sh   # some lines only

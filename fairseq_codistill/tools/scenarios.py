@@ -8,8 +8,8 @@ whole job, of all-reduce). Model 0 is the fast model: the one a user keeps when 
 is slow. Two model sizes: a pair whose model 1 is bigger (``peer_layers``, ``peer_dim``) and
 the ``kd`` line, whose model 0 is a student trained after its teacher, beside the small and
 the big model alone (control lines, told apart by their depth and width; the scenario may
-train on another fraction of the data than the rest). Goodput is a model's updates per second divided by
-the same model's in the same method's line with no fault, on the same seed
+train on another fraction of the data than the rest). Goodput is a model's updates per
+second divided by the same model's in the same method's line with no fault, on the same seed
 (``recipes/study.sh`` measures W and then every line of a seed in one run, each with the
 machine to itself).
 """
