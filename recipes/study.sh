@@ -129,14 +129,14 @@ codistill-a0.1-k40-lead0-W-pre    codistill  max_lead=0 budget=W preempt=0.375W:
 # model for half of the budget, then the small one distilled from it), all for 3W on a quarter
 # of the data. It asks for a regime where the big model alone translates better than the small
 # one beyond the spread: the two lone models are its check (docs/study-method.md says how the
-# search below found it). The pair holds alpha at 0.1 (gamma=1): alpha grows per epoch, and 3W
-# takes the small model through ten times the regime's epochs, where the regime's gamma (the
-# last line, seed 1) ends with alpha thirty times the regime's.
+# search below found it). Alpha grows per epoch, and 3W takes the small model through about
+# three times the regime's epochs: with the regime's gamma (1.1, the last line, seed 1) its alpha
+# ended about twelve times the regime's; the pair's gamma=1.03 ends it near the regime's.
 GRID_SIZES="
 codistill-a0.1-k40                                   codistill
 control-l1-d64-f0.25-3W                              control    layers=1 dim=64 fraction=0.25 budget=3W max_updates=20000
 control-f0.25-3W                                     control    fraction=0.25 budget=3W
-codistill-a0.1-g1-k40-l1-d64-deep3-lead0-f0.25-3W    codistill  gamma=1 layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
+codistill-a0.1-g1.03-k40-l1-d64-deep3-lead0-f0.25-3W codistill gamma=1.03 layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
 kd-l1-d64-deep3-f0.25-3W                             kd         layers=1 dim=64 peer_layers=3 peer_dim=256 fraction=0.25 budget=3W max_updates=20000
 codistill-a0.1-k40-l1-d64-deep3-lead0-f0.25-3W       codistill  layers=1 dim=64 peer_layers=3 peer_dim=256 max_lead=0 fraction=0.25 budget=3W max_updates=20000
 "
