@@ -325,7 +325,10 @@ run_line() {
         kd) train_kd "$dir" "$seed" ;;
     esac
     evaluate_run "$dir"
-    describe "$dir" "$name" "$kind" "$seed"
+    # a finished run skipped above keeps the description of the machine and commit it ran on
+    if [[ ! -f "$dir/study.json" || "$dir/done" -nt "$dir/study.json" ]]; then
+        describe "$dir" "$name" "$kind" "$seed"
+    fi
 }
 
 # schedule_lines SEEDS: every line of GRID, each with all of SEEDS. A line with a budget

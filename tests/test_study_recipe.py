@@ -155,6 +155,11 @@ def test_two_phase_kd_trains_a_teacher_then_a_student_from_it_within_w(tmp_path)
     assert not list(kd.rglob("checkpoint*.pt")) and not (kd / "exchange").exists()
     text = (tmp_path / "study" / "report" / "study.md").read_text()
     assert "| method | two model sizes |" in text and "| two-phase KD" in text
+    # run again: every line is skipped, and keeps the study.json (date, commit) it ran with
+    described = {p: p.read_text() for p in runs.rglob("study.json")}
+    proc = run_study(tmp_path, SIZES_GRID, SCENARIOS="sizes")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(described) == 3 and all(p.read_text() == text for p, text in described.items())
 
 
 def test_a_kd_line_without_the_teachers_depth_is_refused(tmp_path):
