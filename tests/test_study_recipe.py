@@ -18,8 +18,9 @@ def run_study(tmp_path, grid, **knobs):
     """recipes/study.sh with GRID ``grid`` on a made-up catalog: 8 updates of a 1-layer model,
     one seed, the regime codistill-a0.1-k4; ``knobs`` are more of its variables."""
     env = dict(os.environ)
+    locale = tmp_path / "locale"  # made once: a second study run in a test reuses it
     env.update(PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", PYTHON=str(BIN / "python"),
-               LANG_PAIR="xx-en", LOCALE_DIR=str(made_up_catalog(tmp_path / "locale")),
+               LANG_PAIR="xx-en", LOCALE_DIR=str(locale if locale.exists() else made_up_catalog(locale)),
                VALID_PAIRS="20", TEST_PAIRS="20", MIN_PAIRS="100", VOCAB_SIZE="60", TRAIN_FRACTION="1",
                UPDATES="8", LAYERS="1", DIM="32", EVAL_BEAM="1", SEEDS="1", STUDY_DIR=str(tmp_path / "study"),
                GRID=grid, REGIME="codistill-a0.1-k4", WAIT_FOR_PEERS="120", **knobs)
