@@ -109,13 +109,21 @@ derive
 # short warm-up at a high learning rate stays stable, embeddings shared (a joint vocabulary).
 LAYERS=${LAYERS:-3}
 DIM=${DIM:-256}
-model_args() {
-    local dropout=$1 layers=${2:-$LAYERS}
-    MODEL_ARGS=(
-        --arch transformer
+# SIZE_ARGS for a model of LAYERS+LAYERS layers of width DIM, its feed-forward layers twice
+# as wide: every model's size, model 0's and a heterogeneous pair's model 1, follows this rule.
+size_args() {
+    local layers=$1 dim=$2
+    SIZE_ARGS=(
         --encoder-layers "$layers" --decoder-layers "$layers"
-        --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM"
-        --encoder-ffn-embed-dim "$(( 2 * DIM ))" --decoder-ffn-embed-dim "$(( 2 * DIM ))"
+        --encoder-embed-dim "$dim" --decoder-embed-dim "$dim"
+        --encoder-ffn-embed-dim "$(( 2 * dim ))" --decoder-ffn-embed-dim "$(( 2 * dim ))"
+    )
+}
+model_args() {
+    local dropout=$1
+    size_args "$LAYERS" "$DIM"
+    MODEL_ARGS=(
+        --arch transformer "${SIZE_ARGS[@]}"
         --encoder-attention-heads 4 --decoder-attention-heads 4
         --encoder-normalize-before --decoder-normalize-before
         --share-all-embeddings
@@ -302,10 +310,8 @@ train_pair() {
     local devices=(--threads-per-model "$(( THREADS / 2 > 1 ? THREADS / 2 : 1 ))")
     if [[ "$DEVICE" == cuda ]]; then devices=(--share-gpus); fi
     if [[ -n "$PEER_LAYERS$PEER_DIM" ]]; then  # a heterogeneous pair: model 1 of another depth or width
-        local peer_layers=${PEER_LAYERS:-$LAYERS} peer_dim=${PEER_DIM:-$DIM}
-        devices+=(--model-args 1 "--encoder-layers $peer_layers --decoder-layers $peer_layers
-            --encoder-embed-dim $peer_dim --decoder-embed-dim $peer_dim
-            --encoder-ffn-embed-dim $(( 2 * peer_dim )) --decoder-ffn-embed-dim $(( 2 * peer_dim ))")
+        size_args "${PEER_LAYERS:-$LAYERS}" "${PEER_DIM:-$DIM}"
+        devices+=(--model-args 1 "${SIZE_ARGS[*]}")
     fi
     fairseq-codistill-launch \
         --num-models 2 "${devices[@]}" "${faults[@]}" \

@@ -138,6 +138,7 @@ def test_two_phase_kd_trains_a_teacher_then_a_student_from_it_within_w(tmp_path)
     for i, width in enumerate((32, 48)):
         log = (runs / "codistill-k4-deep2-lead0-W" / "seed1" / f"model{i}" / "train.log").read_text()
         assert f"encoder_embed_dim={width}," in log and "max_update=6," in log
+        assert f"decoder_ffn_embed_dim={2 * width}," in log  # feed-forward twice the width
     kd = runs / "kd-deep2-16s" / "seed1"
     meta = json.loads((kd / "study.json").read_text())
     assert meta["kind"] == "kd" and meta["peer_layers"] == 2 and meta["kd_loss"] == "kl"
