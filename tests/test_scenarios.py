@@ -90,6 +90,38 @@ def test_goodput_is_the_pace_over_the_same_models_at_equal_speed(runs, tmp_path)
     assert rows[("codi-slow", "model1 (faulty)")][6] == "-"
 
 
+def test_a_preempted_models_goodput_and_curve_count_its_time_away(runs):
+    """Model 1 is killed at 35 s and back at 60 s; fairseq's wall clock and its "done training
+    in" start again with the new attempt, which redoes update 60 (after the checkpoint at
+    40) and ends at update 160 after 50 s: 110 s after the launch, not 50."""
+    run = runs / "lsgd-pre" / "seed1"
+    write_line(runs, "lsgd-pre", "localsgd", 1, [(150, 100, 5.0, 16.0)] * 2, interval=40,
+               preempt=[30, 25], budget=100.0)
+    write_train_log(run / "model1", [("train_inner", {"nll_loss": 6.5, "num_updates": 40, "wall": 20.0}),
+                                     ("valid", {"nll_loss": 6.2, "num_updates": 40}),
+                                     ("train_inner", {"nll_loss": 6.3, "num_updates": 60, "wall": 30.0}),
+                                     ("train_inner", {"nll_loss": 6.3, "num_updates": 60, "wall": 5.0}),
+                                     ("train_inner", {"nll_loss": 6.0, "num_updates": 80, "wall": 15.0}),
+                                     ("valid", {"nll_loss": 5.9, "num_updates": 80}),
+                                     ("train_inner", {"nll_loss": 5.5, "num_updates": 160, "wall": 45.0}),
+                                     ("valid", {"nll_loss": 5.4, "num_updates": 160})],
+                    done_seconds=50.0)
+    (run / "launch.json").write_text(json.dumps({"model1": {"preemptions": [{"killed_at": 35.0,
+                                                                             "restarted_at": 60.0}]}}))
+    lines = scenarios.Lines(study.load_study(runs))
+    group = lines.get("preemption", "LocalSGD")
+    assert scenarios.restarts(group, 1, 1) == [60.0] and scenarios.restarts(group, 1, 0) == []
+    model1 = group.runs[1][1]
+    assert scenarios.end_seconds(model1, [60.0]) == 110.0
+    assert scenarios.valid_by_wall(model1, [60.0]) == ([20.0, 75.0, 110.0], [6.2, 5.9, 5.4])
+    rows = {(r.split(" | ")[0].strip("| "), r.split(" | ")[1]): r.split(" | ")
+            for r in scenarios.details(lines, "preemption")[2:]}
+    # 160 updates in 110 s against the same model's 200 in 100 s at equal speed (seed 1);
+    # model 0, never preempted: 150 in 100 s against 200
+    assert rows[("lsgd-pre", "model1 (faulty)")][5] == "0.73"
+    assert rows[("lsgd-pre", "model0")][5] == "0.75"
+
+
 def rows_of(table):
     return [[c.strip() for c in r.strip("|").split("|")] for r in table[2:]]
 
