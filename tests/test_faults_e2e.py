@@ -220,6 +220,7 @@ def test_a_preempted_model_resumes_from_its_checkpoint_and_finishes(data_bin, tm
     state = json.loads((run_dir / "launch.json").read_text())
     [preemption] = state["model1"]["preemptions"]
     assert preemption["restarted_at"] - preemption["killed_at"] >= 2
+    assert state["model1"]["started_at"][1] == pytest.approx(preemption["restarted_at"], abs=0.2)
     assert state["model1"]["restarts"] == 0 and state["model1"]["status"] == "done"
     before, after = log_of(run_dir, 1).split("=== fairseq-codistill-launch: restart after preemption 1")
     loaded = re.search(r"Loaded checkpoint \S*checkpoint_last.pt \(epoch \d+ @ (\d+) updates\)", after)

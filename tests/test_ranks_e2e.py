@@ -89,6 +89,8 @@ def test_a_killed_rank_fails_its_model_which_restarts_while_the_other_trains_on(
     assert "model0 rank 1 died (signal SIGKILL); stopping its other ranks" in out
     state = json.loads((run_dir / "launch.json").read_text())
     assert state["model0"]["restarts"] == 1 and state["model1"]["restarts"] == 0
+    first, again = state["model0"]["started_at"]  # when each attempt began: the report's clock
+    assert 0 <= first < again and len(state["model1"]["started_at"]) == 1
     log0 = rank_log(run_dir, 0, 0)
     restarted = log0.split("fairseq-codistill-launch: restart 1 of model 0 rank 0", 1)[1]
     assert "Loaded checkpoint" in restarted and json_logs(restarted)[-1]["num_updates"] == 60

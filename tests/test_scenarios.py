@@ -120,6 +120,10 @@ def test_a_preempted_models_goodput_and_curve_count_its_time_away(runs):
     # model 0, never preempted: 150 in 100 s against 200
     assert rows[("lsgd-pre", "model1 (faulty)")][5] == "0.73"
     assert rows[("lsgd-pre", "model0")][5] == "0.75"
+    # a launch.json that records every attempt's start: a restart after a failure counts too
+    (run / "launch.json").write_text(json.dumps({"model1": {"started_at": [0.0, 60.0], "preemptions": []}}))
+    group = scenarios.Lines(study.load_study(runs)).get("preemption", "LocalSGD")
+    assert scenarios.restarts(group, 1, 1) == [60.0] and scenarios.restarts(group, 1, 0) == []
 
 
 def rows_of(table):

@@ -36,8 +36,9 @@ Faults, to see where codistillation wins (each repeatable, refused before any jo
 ``SAVE_DIR/launch.json`` records for each model its pids, status, restarts, its
 ``slowdown`` (the factor of its slowest rank; 1 if none), ``slowed_ranks``,
 ``paused_seconds`` (wall time held stopped, so that its unthrottled pace is
-updates / (wall - paused)) and ``preemptions`` ([{"killed_at", "restarted_at"}], seconds
-after the launch).
+updates / (wall - paused)), ``preemptions`` ([{"killed_at", "restarted_at"}], seconds
+after the launch) and ``started_at`` (when each attempt began, seconds after the launch: a
+restart's, after a failure or a preemption, is where fairseq's clock starts again).
 """
 import argparse
 import glob
@@ -310,6 +311,7 @@ class Job:
     preemptions: List[dict] = field(default_factory=list)  # those done: killed_at, restarted_at
     down_until: Optional[float] = None  # preempted: when it comes back (s after the launch)
     paused_seconds: float = 0.0  # wall time held stopped by --slowdown
+    started_at: List[float] = field(default_factory=list)  # each attempt's start (s after the launch)
 
     @property
     def proc(self) -> Optional[subprocess.Popen]:
@@ -554,6 +556,7 @@ class Launcher:
         attempt = attempt or ("start" if job.restarts == 0 else f"restart {job.restarts}")
         self.throttle.engage(job)
         job.procs = []
+        job.started_at.append(round(self.now(), 1))
         for rank, cmd in enumerate(job.rank_cmds()):
             with open(job.rank_log(rank), "a") as log:
                 log.write(f"=== fairseq-codistill-launch: {attempt} of model {job.index}"
@@ -573,7 +576,7 @@ class Launcher:
                                      "slowdown": max(j.slowdown),
                                      "slowed_ranks": [r for r, f in enumerate(j.slowdown) if f > 1],
                                      "paused_seconds": round(j.paused_seconds, 2),
-                                     "preemptions": j.preemptions}
+                                     "preemptions": j.preemptions, "started_at": j.started_at}
                  for j in self.jobs}
         path = Path(self.args.save_dir) / "launch.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -80,14 +80,17 @@ def valid_at_end(series: Series) -> Optional[float]:
 
 def restarts(group, seed: int, model: int) -> List[float]:
     """Seconds after the launch at which model ``model`` (the all-reduce job is model 0)
-    of ``seed`` came back from each of its preemptions, from launch.json."""
+    of ``seed`` started again, after a failure or a preemption, from launch.json (which
+    recorded only preemptions' restarts before it recorded every attempt's start)."""
     launch = group.launches.get(seed, {}).get(f"model{model}", {})
+    if "started_at" in launch:
+        return launch["started_at"][1:]
     return [p["restarted_at"] for p in launch.get("preemptions", []) if p.get("restarted_at") is not None]
 
 
 def _walls(series: Series, restarted: Sequence[float] = ()) -> List[Tuple[float, float]]:
     """(update, seconds after the launch) of each training record. fairseq's wall clock
-    starts again at 0 in each attempt of a preempted model: each fall of it is the next
+    starts again at 0 in each attempt of a restarted model: each fall of it is the next
     restart, and ``restarted`` says when that attempt began."""
     out, attempt, last = [], 0, -1.0
     for r in series.inner:
@@ -103,7 +106,7 @@ def _walls(series: Series, restarted: Sequence[float] = ()) -> List[Tuple[float,
 
 def end_seconds(series: Series, restarted: Sequence[float] = ()) -> Optional[float]:
     """Seconds from the start to the end of training, down time included. fairseq's "done
-    training in" counts the last attempt only: a preempted model's ends that many seconds
+    training in" counts the last attempt only: a restarted model's ends that many seconds
     after its last restart."""
     if not restarted:
         return wall_seconds(series)
