@@ -110,10 +110,10 @@ def test_a_preempted_models_goodput_and_curve_count_its_time_away(runs):
                                                                              "restarted_at": 60.0}]}}))
     lines = scenarios.Lines(study.load_study(runs))
     group = lines.get("preemption", "LocalSGD")
-    assert scenarios.restarts(group, 1, 1) == [60.0] and scenarios.restarts(group, 1, 0) == []
-    model1 = group.runs[1][1]
-    assert scenarios.end_seconds(model1, [60.0]) == 110.0
-    assert scenarios.valid_by_wall(model1, [60.0]) == ([20.0, 75.0, 110.0], [6.2, 5.9, 5.4])
+    model0, model1 = group.runs[1]
+    assert model1.restarted == [60.0] and model0.restarted == []
+    assert scenarios.end_seconds(model1) == 110.0
+    assert scenarios.valid_by_wall(model1) == ([20.0, 75.0, 110.0], [6.2, 5.9, 5.4])
     rows = {(r.split(" | ")[0].strip("| "), r.split(" | ")[1]): r.split(" | ")
             for r in scenarios.details(lines, "preemption")[2:]}
     # 160 updates in 110 s against the same model's 200 in 100 s at equal speed (seed 1);
@@ -122,8 +122,8 @@ def test_a_preempted_models_goodput_and_curve_count_its_time_away(runs):
     assert rows[("lsgd-pre", "model0")][5] == "0.75"
     # a launch.json that records every attempt's start: a restart after a failure counts too
     (run / "launch.json").write_text(json.dumps({"model1": {"started_at": [0.0, 60.0], "preemptions": []}}))
-    group = scenarios.Lines(study.load_study(runs)).get("preemption", "LocalSGD")
-    assert scenarios.restarts(group, 1, 1) == [60.0] and scenarios.restarts(group, 1, 0) == []
+    model0, model1 = scenarios.Lines(study.load_study(runs)).get("preemption", "LocalSGD").runs[1]
+    assert model1.restarted == [60.0] and model0.restarted == []
 
 
 def rows_of(table):

@@ -40,6 +40,9 @@ class Series:
     eval_best: Optional[dict] = None  # of checkpoint_best.pt (eval-best.json), where evaluated
     kind: Optional[str] = None  # "codistill" or another kind of run, when known from elsewhere
     said_no_peer: bool = False  # its log says it trained without any peer
+    # when each restart began, in seconds after the launch (from launch.json, where known):
+    # fairseq's clock and its "done training in" start again with each attempt
+    restarted: List[float] = field(default_factory=list)
 
     @property
     def without_peers(self) -> bool:

@@ -78,21 +78,11 @@ def valid_at_end(series: Series) -> Optional[float]:
     return values[-1] if values else None
 
 
-def restarts(group, seed: int, model: int) -> List[float]:
-    """Seconds after the launch at which model ``model`` (the all-reduce job is model 0)
-    of ``seed`` started again, after a failure or a preemption, from launch.json (which
-    recorded only preemptions' restarts before it recorded every attempt's start)."""
-    launch = group.launches.get(seed, {}).get(f"model{model}", {})
-    if "started_at" in launch:
-        return launch["started_at"][1:]
-    return [p["restarted_at"] for p in launch.get("preemptions", []) if p.get("restarted_at") is not None]
-
-
-def _walls(series: Series, restarted: Sequence[float] = ()) -> List[Tuple[float, float]]:
+def _walls(series: Series) -> List[Tuple[float, float]]:
     """(update, seconds after the launch) of each training record. fairseq's wall clock
     starts again at 0 in each attempt of a restarted model: each fall of it is the next
-    restart, and ``restarted`` says when that attempt began."""
-    out, attempt, last = [], 0, -1.0
+    restart, and ``series.restarted`` says when that attempt began."""
+    restarted, out, attempt, last = series.restarted, [], 0, -1.0
     for r in series.inner:
         wall, update = r.get("wall"), r.get("num_updates")
         if not (isinstance(wall, float) and isinstance(update, float)):
@@ -104,35 +94,35 @@ def _walls(series: Series, restarted: Sequence[float] = ()) -> List[Tuple[float,
     return out
 
 
-def end_seconds(series: Series, restarted: Sequence[float] = ()) -> Optional[float]:
+def end_seconds(series: Series) -> Optional[float]:
     """Seconds from the start to the end of training, down time included. fairseq's "done
     training in" counts the last attempt only: a restarted model's ends that many seconds
     after its last restart."""
-    if not restarted:
+    if not series.restarted:
         return wall_seconds(series)
     if series.done_seconds is not None:
-        return restarted[-1] + series.done_seconds
-    walls = _walls(series, restarted)
+        return series.restarted[-1] + series.done_seconds
+    walls = _walls(series)
     return walls[-1][1] if walls else None
 
 
-def pace(series: Series, restarted: Sequence[float] = ()) -> Optional[float]:
+def pace(series: Series) -> Optional[float]:
     """Updates per second of wall time, start to end of training (a preempted model's
     down time included: it is what the preemption costs)."""
-    updates, wall = updates_done(series), end_seconds(series, restarted)
+    updates, wall = updates_done(series), end_seconds(series)
     return updates / wall if updates and wall else None
 
 
-def valid_by_wall(series: Series, restarted: Sequence[float] = ()) -> Tuple[List[float], List[float]]:
+def valid_by_wall(series: Series) -> Tuple[List[float], List[float]]:
     """(wall seconds, validation NLL): each validation at the wall time of the training
     record of its update (logged just before it), the last one at the end of training."""
-    walls = dict(_walls(series, restarted))
+    walls = dict(_walls(series))
     xs, ys = [], []
     for update, nll in zip(*curve(series.valid, "nll_loss")):
         before = [u for u in walls if u <= update]
         wall = walls[max(before)] if before else None
         if update == updates_done(series) and series.done_seconds is not None:
-            wall = end_seconds(series, restarted)
+            wall = end_seconds(series)
         if wall is not None:
             xs.append(wall)
             ys.append(nll)
@@ -240,9 +230,8 @@ def _goodput(group, reference, model: int) -> Dict[int, float]:
         if reference is None or seed not in reference.runs:
             continue
         ours, theirs = group.runs[seed], reference.runs[seed]
-        i, j = min(model, len(ours) - 1), min(model, len(theirs) - 1)
-        a = pace(ours[i], restarts(group, seed, i))
-        b = pace(theirs[j], restarts(reference, seed, j))
+        a = pace(ours[min(model, len(ours) - 1)])
+        b = pace(theirs[min(model, len(theirs) - 1)])
         if a and b:
             out[seed] = a / b
     return out
@@ -412,7 +401,7 @@ def plot(out: Path, lines: Lines, scenario: str, label: str, stem: str) -> Optio
         if g is None:
             continue
         for j, seed in enumerate(sorted(g.runs)):
-            xs, ys = valid_by_wall(g.runs[seed][0], restarts(g, seed, 0))
+            xs, ys = valid_by_wall(g.runs[seed][0])
             ax.plot(xs, ys, color=f"C{i}", marker="o", markersize=2, linewidth=1,
                     label=method if j == 0 else None)
     if not ax.lines:

@@ -77,7 +77,6 @@ class Group:
     regime: bool = False
     runs: Dict[int, List[Series]] = field(default_factory=dict)  # seed -> its model(s)
     metas: Dict[int, dict] = field(default_factory=dict)  # seed -> its study.json
-    launches: Dict[int, dict] = field(default_factory=dict)  # seed -> its launch.json, if any
 
     @property
     def timed(self) -> bool:
@@ -186,9 +185,20 @@ def load_study(root: Path) -> List[Group]:
         group.metas[seed] = meta
         launch = meta_path.parent / "launch.json"
         if launch.is_file():
-            group.launches[seed] = json.loads(launch.read_text())
+            models = json.loads(launch.read_text())
+            for i, s in enumerate(series):  # the all-reduce job is model 0
+                s.restarted = restarts(models.get(f"model{i}", {}))
     order = {kind: i for i, kind in enumerate(KINDS)}
     return sorted(groups.values(), key=lambda g: (order[g.kind], not g.regime, g.name))
+
+
+def restarts(launch: dict) -> List[float]:
+    """Seconds after the launch at which a model (its entry in launch.json) started again,
+    after a failure or a preemption (launch.json recorded only preemptions' restarts before
+    it recorded every attempt's start)."""
+    if "started_at" in launch:
+        return launch["started_at"][1:]
+    return [p["restarted_at"] for p in launch.get("preemptions", []) if p.get("restarted_at") is not None]
 
 
 def _params(meta: dict) -> dict:
